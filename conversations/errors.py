@@ -1,0 +1,43 @@
+"""Errors a request can end in, each with a stable code that the WebSocket and HTTP protocols share."""
+
+
+class ChatError(Exception):
+    """A request that cannot be served; `code` is part of the public protocol (see docs/protocol.md)."""
+
+    code = "chat_error"
+    default_message = "The request could not be served."
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class NotFound(ChatError):
+    # Deliberately identical for "does not exist" and "belongs to someone else": ids are not an oracle.
+    code = "not_found"
+    default_message = "No such conversation or message."
+
+
+class InvalidRequest(ChatError):
+    code = "invalid_request"
+    default_message = "The request is not valid."
+
+
+class ModelNotAllowed(ChatError):
+    code = "model_not_allowed"
+    default_message = "That model is not available."
+
+
+class ConversationBusy(ChatError):
+    code = "conversation_busy"
+    default_message = "An answer is still being written in this conversation; stop it or wait for it."
+
+
+class TooManyGenerations(ChatError):
+    code = "too_many_generations"
+    default_message = "You have too many answers being written at once; wait for one to finish."
+
+
+class InvalidState(ChatError):
+    code = "invalid_state"
+    default_message = "That message cannot be changed now."

@@ -1,0 +1,89 @@
+"""Chat actions shared by every protocol (WebSocket now, HTTP later): write, then notify, then generate.
+
+The database writes live in `conversations.services`; these functions run them off the event loop and,
+once they have committed, announce the new rows to the conversation's watchers and start or stop the
+generation.
+"""
+
+from collections.abc import Awaitable, Callable
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from conversations import services
+from conversations.errors import InvalidState
+from conversations.models import Message
+from conversations.services import GenerationOptions, Turn, User
+from streaming import protocol
+from streaming.engine import conversation_group, get_engine
+
+# Called once the rows have committed and before the generation starts, so the caller can subscribe to the
+# conversation and miss nothing; it also runs for a retried request that found its earlier rows.
+BeforeStart = Callable[[Turn], Awaitable[None]] | None
+
+
+async def _begin(turn: Turn, before_start: BeforeStart) -> Turn:
+    if before_start is not None:
+        await before_start(turn)
+    if turn.created:
+        layer = get_channel_layer()
+        group = conversation_group(turn.conversation.pk)
+        for message in (turn.user_message, turn.assistant_message):
+            if message is not None:
+                await layer.group_send(group, {"type": "gen.message", "message": protocol.message_payload(message)})
+        await get_engine().start(str(turn.assistant_message.pk))
+    return turn
+
+
+async def chat_send(
+    *,
+    user: User,
+    client_id: str,
+    conversation_id: str | None,
+    content: str,
+    options: GenerationOptions,
+    before_start: BeforeStart = None,
+) -> Turn:
+    turn = await database_sync_to_async(services.message_send)(
+        user=user, client_id=client_id, conversation_id=conversation_id, content=content, options=options
+    )
+    return await _begin(turn, before_start)
+
+
+async def chat_regenerate(
+    *,
+    user: User,
+    message_id: str,
+    client_id: str,
+    options: GenerationOptions,
+    before_start: BeforeStart = None,
+) -> Turn:
+    turn = await database_sync_to_async(services.message_regenerate)(
+        user=user, message_id=message_id, client_id=client_id, options=options
+    )
+    return await _begin(turn, before_start)
+
+
+async def chat_edit(
+    *,
+    user: User,
+    message_id: str,
+    content: str,
+    client_id: str,
+    options: GenerationOptions,
+    before_start: BeforeStart = None,
+) -> Turn:
+    turn = await database_sync_to_async(services.message_edit)(
+        user=user, message_id=message_id, content=content, client_id=client_id, options=options
+    )
+    return await _begin(turn, before_start)
+
+
+async def chat_cancel(*, user: User, message_id: str) -> Message:
+    """Stops a streaming answer wherever it runs: a durable flag in the row, then a direct word to its engine."""
+    message: Message = await database_sync_to_async(services.message_request_cancel)(user=user, message_id=message_id)
+    if message.role != Message.Role.ASSISTANT:
+        raise InvalidState("Only an answer can be stopped.")
+    if message.status == Message.Status.STREAMING:
+        await get_engine().cancel(str(message.pk))
+    return message

@@ -1,0 +1,439 @@
+"""The upstream client: OpenAI-compatible streaming chat completions, read as typed events.
+
+`stream_chat()` posts to `{LLM_BASE_URL}/chat/completions` (or to the embedded dev simulator when
+LLM_BASE_URL is empty) and yields `TextDelta` and `ToolCallDelta` events, then one `StreamEnd`. Every failure
+is an `UpstreamError` whose `code` is stable (clients and the wire protocol rely on it) and whose `message` a
+user can read:
+
+=========================  ===================================================================  ================
+code                       cause                                                                retried
+=========================  ===================================================================  ================
+``upstream_auth``          401/403: the server's API key was refused (check LLM_API_KEY)        never
+``model_not_found``        404, or an error whose code is ``model_not_found``                   never
+``rate_limited``           429; waits ``Retry-After``, capped by LLM_RETRY_MAX_WAIT             before 1st token
+``upstream_unavailable``   5xx                                                                  before 1st token
+``upstream_connection``    cannot connect, or the connection broke before the first token      before 1st token
+``upstream_error``         an error object inside the stream, or another 4xx (its message)      never
+``bad_upstream_response``  a 200 that is not ``text/event-stream``                              never
+``upstream_dropped``       the connection broke or the body was cut after the first token       never
+``upstream_stalled``       no data event for ``stall_seconds``, keep-alive comments or not      never
+=========================  ===================================================================  ================
+
+Retries (at most LLM_MAX_RETRIES, with exponential backoff unless the server says when) happen only before
+the generator has yielded its first `TextDelta` or `ToolCallDelta`: after that a retry would repeat text.
+
+Closing the generator (`aclose()`, or cancelling the task iterating it) closes the HTTP response at once, and
+with it the connection, so the model server stops generating.
+"""
+
+import asyncio
+import email.utils
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from django.conf import settings
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from streaming import devllm
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST_WAIT = 0.5  # seconds before the first retry of a failure that names no wait; doubles after
+ERROR_BODY_LIMIT = 16 * 1024  # bytes of an error response read for its message
+MESSAGE_LIMIT = 300  # characters of an upstream error message passed on
+# After [DONE], how long to wait for the end of the HTTP body: read to its end, the connection goes back to
+# the pool for the next request instead of being closed (a new TLS handshake costs the next first token).
+DRAIN_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]  # OpenAI chat messages
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """The state of one tool call so far, emitted each time it grows."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str  # JSON text, complete only once the stream has ended
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """Always the last event of a stream that ended normally."""
+
+    finish_reason: str | None
+    usage: Usage | None
+    malformed_chunks: int  # chunks that were not JSON objects, skipped
+
+
+UpstreamEvent = TextDelta | ToolCallDelta | StreamEnd
+
+
+class UpstreamError(Exception):
+    """A failure of the upstream, with a stable `code` and a `message` a user can read."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status  # the HTTP status, when the failure was one
+        self.retryable = retryable  # whether trying again may succeed (it is done only before the first token)
+        self.retry_after = retry_after  # the wait the server asked for, in seconds
+
+    def __repr__(self) -> str:
+        return f"UpstreamError({self.code!r}, {self.message!r}, status={self.status!r})"
+
+
+# --- the shared client -------------------------------------------------------------------------------------
+
+_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+def _client() -> httpx.AsyncClient:
+    """The connection pool of the running event loop: one per process under daphne.
+
+    Connections belong to the loop that opened them, so a process running several loops (the tests) needs
+    a client for each.
+    """
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        _forget_closed_loops()
+        # No pool-wide cap: concurrency is bounded per user by the engine, and a cap would queue whole
+        # answers behind each other. Timeouts are set per request (see _timeout).
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+        client = _clients[loop] = httpx.AsyncClient(limits=limits)
+    return client
+
+
+def _forget_closed_loops() -> None:
+    for loop in [loop for loop in _clients if loop.is_closed()]:
+        del _clients[loop]
+
+
+async def aclose_clients() -> None:
+    """Closes the running event loop's client (call it at shutdown) and forgets those of closed loops."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    _forget_closed_loops()
+    if client is not None:
+        await client.aclose()
+
+
+def _timeout(stall: float) -> httpx.Timeout:
+    """Connecting and sending are bounded by LLM_CONNECT_TIMEOUT; waiting for bytes by the stall limit.
+
+    The read timeout only covers the wait for the response head and bytes in general; the stall limit proper
+    (data events, not comments) is enforced around each event in `stream_chat`.
+    """
+    connect = settings.LLM_CONNECT_TIMEOUT
+    return httpx.Timeout(connect=connect, read=stall, write=connect, pool=connect)
+
+
+# --- streaming -------------------------------------------------------------------------------------------
+
+
+async def stream_chat(
+    request: ChatRequest, *, stall_seconds: float | None = None
+) -> AsyncGenerator[UpstreamEvent, None]:
+    """Streams one chat completion as events; see the module docstring for failures and retries."""
+    base_url = settings.LLM_BASE_URL or await devllm.embedded_base_url()
+    url = f"{base_url}/chat/completions"
+    stall = settings.LLM_STALL_SECONDS if stall_seconds is None else stall_seconds
+    body = _body(request)
+    started = False  # whether a token has been yielded: from then on, never retry
+    for attempt in itertools.count():
+        assembler = _Assembler()
+        try:
+            try:
+                async with aconnect_sse(
+                    _client(), "POST", url, json=body, headers=_headers(), timeout=_timeout(stall)
+                ) as source:
+                    await _check_response(source.response, request.model)
+                    async with aclosing(source.aiter_sse()) as events:
+                        while (sse := await _next_event(events, stall)) is not None:
+                            if sse.data == "[DONE]":
+                                await _drain(events)
+                                break
+                            for event in assembler.feed(sse.data):
+                                started = True
+                                yield event
+            except httpx.RequestError as exc:
+                raise _transport_error(exc, started=started, stall=stall) from exc
+        except UpstreamError as exc:
+            if started or not exc.retryable or attempt >= settings.LLM_MAX_RETRIES:
+                raise
+            wait = exc.retry_after if exc.retry_after is not None else BACKOFF_FIRST_WAIT * 2**attempt
+            wait = min(wait, settings.LLM_RETRY_MAX_WAIT)
+            log.warning(
+                "upstream request failed; retrying",
+                extra={"code": exc.code, "status": exc.status, "attempt": attempt + 1, "wait": wait},
+            )
+            await asyncio.sleep(wait)
+            continue
+        yield assembler.end()
+        return
+
+
+def _body(request: ChatRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": request.messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    return body
+
+
+def _headers() -> dict[str, str]:
+    # A new dict each time: aconnect_sse adds its own headers to the one it is given.
+    return {"Authorization": f"Bearer {settings.LLM_API_KEY}"} if settings.LLM_API_KEY else {}
+
+
+async def _next_event(events: AsyncIterator[ServerSentEvent], stall: float) -> ServerSentEvent | None:
+    """The next event, or None at the end of the body.
+
+    httpx-sse drops comment lines, so keep-alive comments do not reset this timer: it measures exactly how
+    long no data came. It must not span a `yield` of `stream_chat`, or it would cancel the consumer's work.
+    """
+    try:
+        async with asyncio.timeout(stall):
+            return await anext(events)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise _stalled(stall) from None
+
+
+async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
+    """Reads what follows [DONE] (normally only the end of the chunked body), ignoring it, for a bounded time."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in events:
+                pass
+    except (TimeoutError, httpx.RequestError):
+        # The answer is complete either way; the connection is then closed instead of reused.
+        pass
+
+
+def _stalled(stall: float) -> UpstreamError:
+    return UpstreamError("upstream_stalled", f"The model server sent nothing for {stall:g} seconds.")
+
+
+def _transport_error(exc: httpx.RequestError, *, started: bool, stall: float) -> UpstreamError:
+    if isinstance(exc, httpx.ReadTimeout):
+        return _stalled(stall)
+    if started:
+        return UpstreamError(
+            "upstream_dropped", "The connection to the model server broke in the middle of the answer."
+        )
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        message = "Could not connect to the model server."
+    else:
+        message = "The model server closed the connection before answering."
+    return UpstreamError("upstream_connection", message, retryable=True)
+
+
+async def _check_response(response: httpx.Response, model: str) -> None:
+    """Raises the UpstreamError for a response that is not a 200 event stream."""
+    status = response.status_code
+    if status == httpx.codes.OK:
+        content_type = response.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() != "text/event-stream":
+            raise UpstreamError(
+                "bad_upstream_response",
+                f"The model server answered with {content_type or 'no content type'} instead of an event stream; "
+                "check LLM_BASE_URL.",
+                status=status,
+            )
+        return
+    message, code = await _error_body(response)
+    if status in (401, 403):
+        raise UpstreamError(
+            "upstream_auth",
+            f"The model server refused this server's API key (HTTP {status}); check LLM_API_KEY.",
+            status=status,
+        )
+    if status == 404 or code == "model_not_found":
+        raise UpstreamError(
+            "model_not_found", f"The model server has no model {model!r} (HTTP {status}): {message}", status=status
+        )
+    if status == 429:
+        raise UpstreamError(
+            "rate_limited",
+            "The model server is rate limiting requests; try again in a moment.",
+            status=status,
+            retryable=True,
+            retry_after=_retry_after(response.headers.get("retry-after")),
+        )
+    if status >= 500:
+        raise UpstreamError(
+            "upstream_unavailable",
+            f"The model server is unavailable (HTTP {status}); try again in a moment.",
+            status=status,
+            retryable=True,
+        )
+    raise UpstreamError(
+        "upstream_error", f"The model server refused the request (HTTP {status}): {message}", status=status
+    )
+
+
+async def _error_body(response: httpx.Response) -> tuple[str, str]:
+    """The message and code of an error response (OpenAI's shape, or any text), read up to a bound."""
+    raw = b""
+    try:
+        async for piece in response.aiter_bytes():
+            raw += piece
+            if len(raw) >= ERROR_BODY_LIMIT:
+                break
+    except httpx.TransportError:
+        pass  # the status says enough
+    text = raw[:ERROR_BODY_LIMIT].decode("utf-8", "replace")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return _clip(text) or "no details", ""
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    return _error_fields(error)
+
+
+def _error_fields(error: Any) -> tuple[str, str]:
+    """The message and code of an error object, however loosely shaped."""
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("detail") or "no details"
+        return _clip(str(message)), str(error.get("code") or "")
+    return _clip(str(error)) or "no details", ""
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Assembler:
+    """Turns chunks into events: text deltas, tool calls assembled per index, the finish reason and usage."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, ToolCallDelta] = {}
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.malformed = 0
+
+    def feed(self, data: str) -> list[UpstreamEvent]:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            self.malformed += 1
+            if self.malformed == 1:
+                # Never the contents: they are model output.
+                log.warning("skipping a malformed chunk from the model server", extra={"size": len(data)})
+            return []
+        # OpenAI sends {"error": {...}}; vLLM has also sent the error object itself as the chunk.
+        error = chunk.get("error") or (chunk if chunk.get("object") == "error" else None)
+        if error:
+            message, code = _error_fields(error)
+            if code == "model_not_found":
+                raise UpstreamError("model_not_found", f"The model server has no such model: {message}")
+            raise UpstreamError("upstream_error", f"The model server reported an error: {message}")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = Usage(
+                prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+                completion_tokens=_int_or_none(usage.get("completion_tokens")),
+                total_tokens=_int_or_none(usage.get("total_tokens")),
+            )
+        events: list[UpstreamEvent] = []
+        for choice in chunk.get("choices") or ():
+            # One answer is requested; a server that sends more choices gets only the first one read.
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    events.append(TextDelta(content))
+                for position, piece in enumerate(delta.get("tool_calls") or ()):
+                    if isinstance(piece, dict) and (call := self._grow(position, piece)) is not None:
+                        events.append(call)
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+        return events
+
+    def _grow(self, position: int, piece: dict[str, Any]) -> ToolCallDelta | None:
+        """Adds a piece to its tool call: id and name come with the first piece, arguments in any number."""
+        index = piece.get("index", position)
+        index = index if isinstance(index, int) else position
+        function = piece.get("function")
+        function = function if isinstance(function, dict) else {}
+        call = self.calls.get(index) or ToolCallDelta(index=index, id="", name="", arguments="")
+        grown = ToolCallDelta(
+            index=index,
+            id=call.id or str(piece.get("id") or ""),
+            name=call.name or str(function.get("name") or ""),
+            arguments=call.arguments + str(function.get("arguments") or ""),
+        )
+        if grown == call:
+            return None
+        self.calls[index] = grown
+        return grown
+
+    def end(self) -> StreamEnd:
+        return StreamEnd(finish_reason=self.finish_reason, usage=self.usage, malformed_chunks=self.malformed)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,58 @@
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from tests.support import Daphne, DevLLMThread, daphne_env
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[DevLLMThread]:
+    """A dev upstream with fast defaults; tests pick timing and faults per request via the model name."""
+    server = DevLLMThread(ttft=0.05, tps=400.0, tokens=60).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def daphne_factory(django_db_setup, django_db_blocker, upstream) -> Iterator[Callable[..., Daphne]]:
+    """Starts daphne processes on the test database; identical settings share one process."""
+    started: dict[tuple[tuple[str, str], ...], Daphne] = {}
+
+    def start(*, fresh: bool = False, **overrides: str) -> Daphne:
+        key = tuple(sorted(overrides.items()))
+        if fresh or key not in started:
+            with django_db_blocker.unblock():
+                env = daphne_env(upstream, **overrides)
+            server = Daphne(env).start()
+            if fresh:
+                extra.append(server)
+                return server
+            started[key] = server
+        return started[key]
+
+    extra: list[Daphne] = []
+    yield start
+    for server in [*started.values(), *extra]:
+        server.stop()
+
+
+@pytest.fixture
+def daphne(daphne_factory, transactional_db) -> Daphne:
+    server: Daphne = daphne_factory()
+    return server
+
+
+@pytest.fixture
+def make_user(transactional_db) -> Callable[..., tuple[object, str]]:
+    """Creates a user and a logged-in session; returns (user, session cookie value)."""
+
+    def make(username: str | None = None) -> tuple[object, str]:
+        user = get_user_model().objects.create_user(username=username or f"u-{uuid.uuid4().hex[:8]}", password="pw")
+        client = Client()
+        client.force_login(user)
+        return user, client.cookies["sessionid"].value
+
+    return make

@@ -1,0 +1,143 @@
+"""Services and selectors against the real database: turns, idempotency, limits, ownership, prompts."""
+
+import uuid
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from conversations import selectors, services
+from conversations.errors import ConversationBusy, InvalidState, NotFound, TooManyGenerations
+from conversations.models import Message
+from conversations.services import GenerationOptions
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def user():
+    return get_user_model().objects.create_user(username="alice")
+
+
+@pytest.fixture
+def other():
+    return get_user_model().objects.create_user(username="mallory")
+
+
+def send(user, content="hello", conversation=None, client_id=None, **options):
+    return services.message_send(
+        user=user,
+        client_id=client_id or uuid.uuid4().hex,
+        conversation_id=str(conversation.pk) if conversation else None,
+        content=content,
+        options=GenerationOptions(**options),
+    )
+
+
+def finish(message):
+    services.message_finish(message_id=str(message.pk), status="complete", content="answer")
+
+
+def test_title_is_derived_from_the_first_message():
+    assert services.title_from_content("  Short   question ") == "Short question"
+    long = services.title_from_content("word " * 40)
+    assert len(long) <= services.TITLE_LENGTH + 1
+    assert long.endswith("…")
+    assert not long[:-1].endswith(" ")
+
+
+def test_send_creates_conversation_user_message_and_streaming_answer(user):
+    turn = send(user, "What is WAL?", model="dev", temperature=0.3, system="Be brief.")
+    assert turn.created
+    conversation = turn.conversation
+    assert (conversation.title, conversation.model, conversation.temperature) == ("What is WAL?", "dev", 0.3)
+    assert [(m.seq, m.role, m.status) for m in selectors.conversation_messages(conversation=conversation)] == [
+        (1, "user", "complete"),
+        (2, "assistant", "streaming"),
+    ]
+    answer = turn.assistant_message
+    assert answer.lease_expires_at is not None
+    assert selectors.message_prompt(message=answer) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is WAL?"},
+    ]
+
+
+def test_the_same_client_id_returns_the_first_attempts_rows(user):
+    first = send(user, client_id="same")
+    again = send(user, client_id="same", content="a different body is ignored")
+    assert not again.created
+    assert again.user_message is not None
+    assert (again.user_message.pk, again.assistant_message.pk) == (first.user_message.pk, first.assistant_message.pk)
+    assert Message.objects.count() == 2
+
+
+def test_client_ids_are_per_user(user, other):
+    send(user, client_id="shared")
+    assert send(other, client_id="shared").created
+
+
+def test_busy_conversation_and_concurrency_limit(user, settings):
+    settings.CHAT_MAX_CONCURRENT_PER_USER = 2
+    first = send(user)
+    with pytest.raises(ConversationBusy):
+        send(user, conversation=first.conversation)
+    send(user)
+    with pytest.raises(TooManyGenerations):
+        send(user)
+    assert Message.objects.filter(status="streaming").count() == 2
+    finish(first.assistant_message)
+    assert send(user, conversation=first.conversation).created
+
+
+def test_foreign_ids_are_not_found(user, other):
+    turn = send(user)
+    finish(turn.assistant_message)
+    with pytest.raises(NotFound):
+        send(other, conversation=turn.conversation)
+    for message_id in (str(turn.assistant_message.pk), str(uuid.uuid4()), "garbage"):
+        with pytest.raises(NotFound):
+            selectors.message_get_for_user(user=other, message_id=message_id)
+        with pytest.raises(NotFound):
+            services.message_regenerate(user=other, message_id=message_id, client_id="", options=GenerationOptions())
+
+
+def test_regenerate_supersedes_only_the_latest_answer(user):
+    turn = send(user, "q1")
+    finish(turn.assistant_message)
+    with pytest.raises(InvalidState):
+        services.message_regenerate(
+            user=user, message_id=str(turn.user_message.pk), client_id="", options=GenerationOptions()
+        )
+    regenerated = services.message_regenerate(
+        user=user, message_id=str(turn.assistant_message.pk), client_id="r1", options=GenerationOptions()
+    )
+    old = Message.objects.get(pk=turn.assistant_message.pk)
+    assert old.superseded_at is not None
+    live = selectors.conversation_messages(conversation=turn.conversation)
+    assert [m.pk for m in live] == [turn.user_message.pk, regenerated.assistant_message.pk]
+    # The prompt for the new answer leaves the superseded one out.
+    assert selectors.message_prompt(message=regenerated.assistant_message) == [{"role": "user", "content": "q1"}]
+
+
+def test_edit_supersedes_the_message_and_everything_after(user):
+    turn = send(user, "q1")
+    finish(turn.assistant_message)
+    second = send(user, "q2", conversation=turn.conversation)
+    finish(second.assistant_message)
+    edited = services.message_edit(
+        user=user, message_id=str(turn.user_message.pk), content="q1 again", client_id="e1", options=GenerationOptions()
+    )
+    live = selectors.conversation_messages(conversation=turn.conversation)
+    assert [(m.role, m.content) for m in live] == [("user", "q1 again"), ("assistant", "")]
+    assert Message.objects.filter(superseded_at__isnull=False).count() == 4
+    assert edited.assistant_message.status == "streaming"
+
+
+def test_checkpoint_refuses_when_cancel_was_requested(user):
+    turn = send(user)
+    answer_id = str(turn.assistant_message.pk)
+    assert services.message_checkpoint(message_id=answer_id, content="par")
+    services.message_request_cancel(user=user, message_id=answer_id)
+    assert not services.message_checkpoint(message_id=answer_id, content="partial")
+    assert services.message_is_cancel_requested(message_id=answer_id)
+    assert Message.objects.get(pk=answer_id).content == "par"

@@ -1,0 +1,21 @@
+"""Test settings: the project's settings with a throwaway secret and a file-based SQLite test database.
+
+The async ORM and the daphne processes started by end-to-end tests need a database file that several
+threads and processes can open, so the SQLite test database is never in-memory.
+"""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "insecure-test-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz")
+# Tests (and the daphne processes they start) talk plain HTTP on loopback.
+os.environ.setdefault("SECURE_SSL_REDIRECT", "0")
+# One channel-layer namespace per test run, shared with the daphne processes it starts.
+os.environ.setdefault("CHANNEL_PREFIX", f"test-{os.getpid()}")
+
+from chatproject.settings import *  # noqa: F403
+from chatproject.settings import BASE_DIR, DATABASES
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

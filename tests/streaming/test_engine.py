@@ -1,0 +1,140 @@
+"""The engine in-process: checkpoint writes per answer, coalescing and the sweeper."""
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.utils import timezone
+
+from conversations import services
+from conversations.models import Message
+from streaming.engine import conversation_group, get_engine
+from tests.support import unique
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def llm(settings, upstream):
+    settings.LLM_BASE_URL = upstream.base_url
+    settings.LLM_MODELS = ["dev"]
+    settings.LLM_SIMULATOR = True
+    return upstream
+
+
+@pytest.fixture
+async def engine(llm):
+    engine = get_engine()
+    yield engine
+    await engine.shutdown()
+
+
+def new_turn(model: str) -> services.Turn:
+    user = get_user_model().objects.create_user(username=unique()[:20])
+    return services.message_send(
+        user=user,
+        client_id=unique(),
+        conversation_id=None,
+        content="count writes",
+        options=services.GenerationOptions(model=model),
+    )
+
+
+class WriteCounter:
+    """Counts the statements that write message rows, on the thread the ORM calls of the engine use."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def __call__(self, execute, sql, params, many, context):
+        head = sql.lstrip().split(None, 1)[0].upper()
+        if head in {"UPDATE", "INSERT"} and "conversations_message" in sql:
+            self.writes.append(head)
+        return execute(sql, params, many, context)
+
+
+async def collect(channel: str, until_done: str) -> list[dict[str, Any]]:
+    layer = get_channel_layer()
+    events = []
+    while True:
+        event = await asyncio.wait_for(layer.receive(channel), 15)
+        events.append(event)
+        if event["type"] == "gen.done" and event["message"] == until_done:
+            return events
+
+
+async def test_a_1000_token_answer_writes_about_once_a_second(engine):
+    turn = await sync_to_async(new_turn)("dev:tokens=1000,tps=400,ttft=0")
+    counter = WriteCounter()
+    await database_sync_to_async(lambda: connection.execute_wrappers.append(counter))()
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(conversation_group(turn.conversation.pk), channel)
+    answer = str(turn.assistant_message.pk)
+    started = asyncio.get_running_loop().time()
+    try:
+        await engine.start(answer)
+        events = await collect(channel, answer)
+    finally:
+        await database_sync_to_async(lambda: connection.execute_wrappers.remove(counter))()
+    elapsed = asyncio.get_running_loop().time() - started
+    saved = await sync_to_async(Message.objects.get)(pk=answer)
+    assert saved.status == "complete" and saved.completion_tokens == 1000
+    # One checkpoint per second of streaming, plus the final write.
+    assert 2 <= len(counter.writes) <= elapsed / 1.0 + 2, (len(counter.writes), elapsed)
+
+    deltas = [e for e in events if e["type"] == "gen.delta"]
+    assert "".join(d["text"] for d in deltas) == saved.content
+    # 1,000 tokens at 400/s in ~2.5 s: coalescing per 40 ms window gives tens of deltas, not a thousand.
+    assert len(deltas) < 200, len(deltas)
+    assert [d["offset"] for d in deltas] == [sum(len(x["text"]) for x in deltas[:i]) for i in range(len(deltas))]
+
+
+async def test_first_delta_is_published_at_once_not_after_a_window(engine, settings):
+    settings.CHAT_COALESCE_MS = 2000
+    turn = await sync_to_async(new_turn)("dev:tokens=40,tps=1000,ttft=0")
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(conversation_group(turn.conversation.pk), channel)
+    answer = str(turn.assistant_message.pk)
+    started = asyncio.get_running_loop().time()
+    await engine.start(answer)
+    first = await asyncio.wait_for(layer.receive(channel), 5)
+    assert first["type"] == "gen.delta" and first["offset"] == 0
+    assert asyncio.get_running_loop().time() - started < 1.0, "the first delta must not wait for the window"
+    events = await collect(channel, answer)
+    later = [e for e in events if e["type"] == "gen.delta"]
+    # With a 2 s window, everything after the first delta arrives in one coalesced batch.
+    assert len(later) == 1
+
+
+def test_sweep_marks_expired_leases_interrupted_and_leaves_live_ones(db):
+    live = new_turn("dev").assistant_message
+    dead = new_turn("dev").assistant_message
+    Message.objects.filter(pk=dead.pk).update(content="partial", lease_expires_at=timezone.now() - timedelta(seconds=1))
+    swept = services.messages_sweep_expired()
+    assert [m.pk for m in swept] == [dead.pk]
+    dead.refresh_from_db()
+    live.refresh_from_db()
+    assert (dead.status, dead.content, dead.error_code) == ("interrupted", "partial", "interrupted")
+    assert live.status == "streaming"
+
+
+async def test_engine_sweep_tells_watchers(engine):
+    turn = await sync_to_async(new_turn)("dev")
+    answer = turn.assistant_message
+    await sync_to_async(Message.objects.filter(pk=answer.pk).update)(
+        content="half", lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(conversation_group(turn.conversation.pk), channel)
+    assert await engine.sweep() == 1
+    done = await asyncio.wait_for(layer.receive(channel), 5)
+    assert (done["type"], done["status"], done["length"]) == ("gen.done", "interrupted", 4)
