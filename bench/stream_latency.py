@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import websockets
+from httpx_sse import aconnect_sse
 from websockets.typing import Origin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,9 +58,12 @@ async def direct_stream(base_url: str, model: str, prompt: str) -> tuple[float, 
     async with httpx.AsyncClient(timeout=60) as client:
         started = time.perf_counter()
         arrivals = []
-        async with client.stream("POST", f"{base_url}/chat/completions", json=body) as response:
-            async for line in response.aiter_lines():
-                if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+        async with aconnect_sse(client, "POST", f"{base_url}/chat/completions", json=body) as source:
+            async for sse in source.aiter_sse():
+                if sse.data == "[DONE]":
+                    break
+                choices = json.loads(sse.data).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
                     arrivals.append(time.perf_counter())
     return arrivals[0] - started, [b - a for a, b in itertools.pairwise(arrivals)]
 
@@ -142,11 +146,16 @@ def main() -> None:
         "print(c.cookies['sessionid'].value)"
     )
     session = subprocess.run(
-        [*manage, "shell", "-c", make_session], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        [*manage, "shell", "--no-imports", "-c", make_session],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     daphne = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(app_port), "chatproject.asgi:application"],
-        cwd=ROOT, env=env,
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         wait_port(llm_port, devllm)

@@ -14,6 +14,9 @@ class Conversation(models.Model):
     model = models.CharField(max_length=200)
     system_prompt = models.TextField(blank=True)
     temperature = models.FloatField(null=True, blank=True)
+    # Review (staff only): a flag for follow-up and free-form notes; users never see either.
+    flagged = models.BooleanField(default=False)
+    reviewer_notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -29,6 +32,10 @@ class Message(models.Model):
         USER = "user"
         ASSISTANT = "assistant"
 
+    class Feedback(models.TextChoices):
+        UP = "up"
+        DOWN = "down"
+
     class Status(models.TextChoices):
         STREAMING = "streaming"
         COMPLETE = "complete"
@@ -43,6 +50,8 @@ class Message(models.Model):
     seq = models.PositiveIntegerField(help_text="Position in the conversation, starting at 1.")
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
+    # The sanitized HTML of a finished answer (markdown rendered once, at the end); empty until then.
+    content_html = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     client_id = models.CharField(max_length=64, blank=True, help_text="The sender's idempotency key.")
 
@@ -56,6 +65,7 @@ class Message(models.Model):
     tool_calls = models.JSONField(default=list, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
+    feedback = models.CharField(max_length=8, choices=Feedback.choices, blank=True)
 
     # A generation holds a lease it renews at each checkpoint; a `streaming` row whose lease ran out belongs
     # to a dead process and is swept to `interrupted`.

@@ -15,7 +15,11 @@ os.environ.setdefault("CHANNEL_PREFIX", f"test-{os.getpid()}")
 from chatproject.settings import *  # noqa: F403
 from chatproject.settings import BASE_DIR, DATABASES
 
+# Two test runs on one machine (say, two checkouts) each get their own database with TEST_DB_SUFFIX.
+_SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f"test-db{_SUFFIX}.sqlite3")}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}{_SUFFIX}"}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
