@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chat
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: run test test-sqlite test-services lint bench sync
+.PHONY: run test test-sqlite test-services lint bench screenshots sync
 
 sync:
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
@@ -42,3 +42,8 @@ lint: sync
 
 bench: sync
 	uv run python bench/stream_latency.py
+
+# Pictures of the main states for the README (needs Debian's chromium; fonts-noto-cjk and
+# fonts-noto-color-emoji for every glyph).
+screenshots: sync
+	uv run python docs/screenshots.py

@@ -7,8 +7,9 @@ class ChatError(Exception):
     code = "chat_error"
     default_message = "The request could not be served."
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
         self.message = message or self.default_message
+        self.field = field  # the request field at fault, when there is one (HTTP errors name it)
         super().__init__(self.message)
 
 
@@ -41,3 +42,8 @@ class TooManyGenerations(ChatError):
 class InvalidState(ChatError):
     code = "invalid_state"
     default_message = "That message cannot be changed now."
+
+
+class QuotaExceeded(ChatError):
+    code = "quota_exceeded"
+    default_message = "You have used your daily quota of tokens; it renews at midnight UTC."

@@ -96,3 +96,38 @@ class Message(models.Model):
     @property
     def is_active(self) -> bool:
         return self.superseded_at is None
+
+
+class ApiToken(models.Model):
+    """A personal API token. Only a hash of the key is stored: the key itself is shown once, at creation."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    # The start of the key, kept in clear so a user can tell their tokens apart; it does not authenticate.
+    prefix = models.CharField(max_length=16)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class UserQuota(models.Model):
+    """Per-user limits set by staff; an empty value means the default (no daily limit, CHAT_MAX_CONCURRENT_PER_USER)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota")
+    daily_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Prompt and completion tokens per day (UTC); empty for no limit."
+    )
+    max_concurrent_streams = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Answers being written at once; empty for the server default."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"quota of {self.user}"

@@ -1,13 +1,19 @@
 """Reads: every query the app makes about conversations and messages, scoped to their owner."""
 
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, Sum
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
 
 from conversations.errors import NotFound
-from conversations.models import Conversation, Message
+from conversations.models import ApiToken, Conversation, Message, UserQuota
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -71,3 +77,122 @@ def message_prompt(*, message: Message) -> list[dict[str, Any]]:
         if turn.content:
             prompt.append({"role": turn.role, "content": turn.content})
     return prompt
+
+
+HISTORY_PAGE = 50
+CONVERSATION_PAGE = 50
+
+
+def conversation_messages_page(
+    *, conversation: Conversation, before: int | None = None, limit: int = HISTORY_PAGE
+) -> tuple[list[Message], bool]:
+    """A page of the live transcript, oldest first: the latest `limit` messages, or those before seq `before`.
+
+    Also whether older messages remain.
+    """
+    messages = conversation.messages.filter(superseded_at__isnull=True)
+    if before is not None:
+        messages = messages.filter(seq__lt=before)
+    page = list(messages.order_by("-seq")[: limit + 1])
+    return page[:limit][::-1], len(page) > limit
+
+
+def conversation_list_for_user(
+    *, user: User, query: str = "", offset: int = 0, limit: int = CONVERSATION_PAGE
+) -> tuple[list[tuple[Conversation, bool]], bool]:
+    """The user's conversations, most recently active first, each with whether an answer is being written in
+    it; `query` matches titles and the text of live messages. Also whether more remain after this page."""
+    conversations = Conversation.objects.filter(owner_id=user.pk).annotate(
+        live=Exists(Message.objects.filter(conversation=OuterRef("pk"), status=Message.Status.STREAMING))
+    )
+    if query:
+        in_messages = Message.objects.filter(
+            owner_id=user.pk, superseded_at__isnull=True, content__icontains=query
+        ).values("conversation_id")
+        conversations = conversations.filter(Q(title__icontains=query) | Q(pk__in=in_messages))
+    page = list(conversations.order_by("-updated_at", "-pk")[offset : offset + limit + 1])
+    return [(conversation, conversation.live) for conversation in page[:limit]], len(page) > limit
+
+
+# --- API tokens, quotas, usage and review (added with the HTTP API and the admin workflow) ---------------------
+
+
+def _pk(user: User) -> Any:
+    # Only authenticated users get here; their primary key type is the user model's choice.
+    return user.pk
+
+
+def api_token_list_for_user(*, user: User) -> list[ApiToken]:
+    """The user's tokens that still work, newest first."""
+    return list(ApiToken.objects.filter(user_id=_pk(user), revoked_at__isnull=True))
+
+
+def api_token_get_for_user(*, user: User, token_id: str) -> ApiToken:
+    """One of the user's working tokens, or NotFound (someone else's looks exactly the same)."""
+    try:
+        return ApiToken.objects.get(pk=token_id, user_id=_pk(user), revoked_at__isnull=True)
+    except (ApiToken.DoesNotExist, ValidationError, ValueError) as exc:
+        raise NotFound("No such token.") from exc
+
+
+def api_token_get_by_hash(*, key_hash: str) -> ApiToken | None:
+    """The working token with this key hash, with its user, if any."""
+    return ApiToken.objects.select_related("user").filter(key_hash=key_hash, revoked_at__isnull=True).first()
+
+
+@dataclass(frozen=True)
+class Limits:
+    daily_tokens: int | None  # None: no daily limit
+    max_concurrent_streams: int
+
+
+def user_limits(*, user: User) -> Limits:
+    """The user's quotas: their own settings where staff set them, the server defaults elsewhere."""
+    quota = UserQuota.objects.filter(user_id=_pk(user)).first()
+    concurrent = quota.max_concurrent_streams if quota is not None else None
+    return Limits(
+        daily_tokens=quota.daily_tokens if quota is not None else None,
+        max_concurrent_streams=concurrent if concurrent is not None else settings.CHAT_MAX_CONCURRENT_PER_USER,
+    )
+
+
+def day_start(moment: datetime | None = None) -> datetime:
+    """Midnight UTC of the day of `moment` (now by default): quotas and usage are counted per UTC day."""
+    moment = (moment or timezone.now()).astimezone(UTC)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def user_tokens_today(*, user: User) -> int:
+    """Prompt plus completion tokens of the user's answers started since midnight UTC."""
+    totals = Message.objects.filter(owner_id=user.pk, created_at__gte=day_start()).aggregate(
+        prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
+    )
+    return (totals["prompt"] or 0) + (totals["completion"] or 0)
+
+
+def usage_per_user_per_day(*, since: date, owner_id: Any = None) -> list[dict[str, Any]]:
+    """Answers and tokens per user and UTC day from `since` on, newest day first."""
+    answers = Message.objects.filter(role=Message.Role.ASSISTANT, created_at__date__gte=since)
+    if owner_id is not None:
+        answers = answers.filter(owner_id=owner_id)
+    rows = (
+        answers.annotate(day=TruncDate("created_at", tzinfo=UTC))
+        .values("day", "owner_id", "owner__username")
+        .annotate(
+            answers=Count("id"),
+            prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
+            completion_tokens=Coalesce(Sum("completion_tokens"), 0),
+        )
+        .order_by("-day", "owner__username")
+    )
+    return [{**row, "total_tokens": row["prompt_tokens"] + row["completion_tokens"]} for row in rows]
+
+
+def conversations_for_export(*, conversation_ids: list[Any]) -> list[Conversation]:
+    """Conversations with their owner and every message, superseded ones included (a review sees them all)."""
+    return list(
+        Conversation.objects.filter(pk__in=conversation_ids)
+        .select_related("owner")
+        .prefetch_related(Prefetch("messages", queryset=Message.objects.order_by("seq")))
+        .order_by("created_at")
+    )

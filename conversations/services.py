@@ -3,6 +3,8 @@
 Each service validates, then writes; the caller notifies watchers once the write has committed.
 """
 
+import hashlib
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,12 +18,14 @@ from django.db.models import Max
 from django.utils import timezone
 
 from conversations import selectors
-from conversations.errors import ConversationBusy, InvalidState, TooManyGenerations
-from conversations.models import Conversation, Message
+from conversations.errors import ConversationBusy, InvalidState, QuotaExceeded, TooManyGenerations
+from conversations.markdown import render_markdown
+from conversations.models import ApiToken, Conversation, Message
 
 User = AbstractBaseUser | AnonymousUser
 
-TITLE_LENGTH = 60
+TITLE_LENGTH = 60  # a title derived from the first message
+TITLE_MAX_LENGTH = 200
 INTERRUPTED_CODE = "interrupted"
 INTERRUPTED_MESSAGE = "The server stopped while writing this answer; the text so far is kept."
 
@@ -44,6 +48,7 @@ class Turn:
     user_message: Message | None
     assistant_message: Message
     created: bool  # False when a retried request found the rows its first attempt made
+    superseded: tuple[str, ...] = ()  # ids of the messages this turn took out of the transcript
 
 
 def title_from_content(content: str) -> str:
@@ -72,9 +77,18 @@ def _check_can_generate(*, user: User, conversation: Conversation) -> None:
     """Precondition: the caller holds the user's row lock, so concurrent sends count each other."""
     if selectors.conversation_is_busy(conversation=conversation):
         raise ConversationBusy
-    limit = settings.CHAT_MAX_CONCURRENT_PER_USER
+    limits = selectors.user_limits(user=user)
+    limit = limits.max_concurrent_streams
     if selectors.user_streaming_count(user=user) >= limit:
         raise TooManyGenerations(f"You already have {limit} answers being written; wait for one to finish or stop it.")
+    if limits.daily_tokens is not None:
+        # Usage is known only once an answer ends, so an answer started under the quota may finish past it.
+        used = selectors.user_tokens_today(user=user)
+        if used >= limits.daily_tokens:
+            raise QuotaExceeded(
+                f"You have used {used} of your {limits.daily_tokens} tokens for today; "
+                "the quota renews at midnight UTC."
+            )
 
 
 def _lock_user(user: User) -> None:
@@ -195,7 +209,13 @@ def message_regenerate(*, user: User, message_id: str, client_id: str, options: 
             max_tokens=options.max_tokens if options.max_tokens is not None else message.max_tokens,
             client_id=client_id,
         )
-        return Turn(conversation=conversation, user_message=None, assistant_message=answer, created=True)
+        return Turn(
+            conversation=conversation,
+            user_message=None,
+            assistant_message=answer,
+            created=True,
+            superseded=(str(message.pk),),
+        )
 
     return _idempotent(user, client_id, create)
 
@@ -216,9 +236,9 @@ def message_edit(*, user: User, message_id: str, content: str, client_id: str, o
         _apply_options(conversation, options)
         conversation.save()
         _check_can_generate(user=user, conversation=conversation)
-        conversation.messages.filter(seq__gte=message.seq, superseded_at__isnull=True).update(
-            superseded_at=timezone.now()
-        )
+        replaced = conversation.messages.filter(seq__gte=message.seq, superseded_at__isnull=True)
+        superseded = tuple(str(pk) for pk in replaced.values_list("pk", flat=True))
+        replaced.update(superseded_at=timezone.now())
         seq = _next_seq(conversation)
         user_message = Message.objects.create(
             conversation=conversation,
@@ -230,7 +250,13 @@ def message_edit(*, user: User, message_id: str, content: str, client_id: str, o
             client_id=client_id,
         )
         answer = _assistant_create(conversation=conversation, seq=seq + 1, max_tokens=options.max_tokens, client_id="")
-        return Turn(conversation=conversation, user_message=user_message, assistant_message=answer, created=True)
+        return Turn(
+            conversation=conversation,
+            user_message=user_message,
+            assistant_message=answer,
+            created=True,
+            superseded=superseded,
+        )
 
     return _idempotent(user, client_id, create)
 
@@ -269,6 +295,7 @@ def message_finish(
     message_id: str,
     status: str,
     content: str,
+    content_html: str = "",
     finish_reason: str = "",
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
@@ -279,6 +306,7 @@ def message_finish(
     Message.objects.filter(pk=message_id).update(
         status=status,
         content=content,
+        content_html=content_html,
         finish_reason=finish_reason,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
@@ -290,12 +318,43 @@ def message_finish(
     )
 
 
+def conversation_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
+    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    conversation.title = title[:TITLE_MAX_LENGTH]
+    conversation.save(update_fields=["title", "updated_at"])
+    return conversation
+
+
+def conversation_delete(*, user: User, conversation_id: str) -> tuple[str, list[str]]:
+    """Deletes a conversation and its messages; returns its id and those of its answers still streaming.
+
+    The caller stops those (their generations would otherwise notice only at their next checkpoint).
+    """
+    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    deleted = str(conversation.pk)
+    streaming = [
+        str(pk) for pk in conversation.messages.filter(status=Message.Status.STREAMING).values_list("pk", flat=True)
+    ]
+    conversation.delete()
+    return deleted, streaming
+
+
+def message_set_feedback(*, user: User, message_id: str, value: str) -> Message:
+    """Records the user's thumbs up ("up") or down ("down") on an answer, or clears it ("")."""
+    message = selectors.message_get_for_user(user=user, message_id=message_id)
+    if message.role != Message.Role.ASSISTANT:
+        raise InvalidState("Only answers take feedback.")
+    message.feedback = value
+    message.save(update_fields=["feedback", "updated_at"])
+    return message
+
+
 def messages_sweep_expired() -> list[Message]:
     """Marks `streaming` answers whose lease ran out (their process died) as `interrupted`, keeping the text."""
     now = timezone.now()
     expired = list(
         Message.objects.filter(status=Message.Status.STREAMING, lease_expires_at__lt=now).only(
-            "id", "conversation_id", "content"
+            "id", "conversation_id", "owner_id", "content"
         )
     )
     swept = []
@@ -303,11 +362,13 @@ def messages_sweep_expired() -> list[Message]:
         message.status = Message.Status.INTERRUPTED
         message.error_code = INTERRUPTED_CODE
         message.error_message = INTERRUPTED_MESSAGE
+        message.content_html = render_markdown(message.content)
         # The lease condition is repeated so a generation that renewed it meanwhile is left alone.
         updated = Message.objects.filter(
             pk=message.pk, status=Message.Status.STREAMING, lease_expires_at__lt=now
         ).update(
             status=message.status,
+            content_html=message.content_html,
             error_code=message.error_code,
             error_message=message.error_message,
             lease_expires_at=None,
@@ -316,3 +377,129 @@ def messages_sweep_expired() -> list[Message]:
         if updated:
             swept.append(message)
     return swept
+
+
+# --- The HTTP API and the admin review workflow ----------------------------------------------------------------
+
+API_KEY_PREFIX = "chat_"
+API_TOKEN_TOUCH_SECONDS = 60  # `last_used_at` is written at most this often per token, not on every request
+
+
+def api_key_hash(key: str) -> str:
+    # A key is 256 random bits, so a fast unsalted hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
+    """Creates a personal API token; returns it and its key, which is not stored and cannot be shown again."""
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user_id=_owner_pk(user), name=name, prefix=key[: len(API_KEY_PREFIX) + 6], key_hash=api_key_hash(key)
+    )
+    return token, key
+
+
+def api_token_revoke(*, user: User, token_id: str) -> None:
+    token = selectors.api_token_get_for_user(user=user, token_id=token_id)
+    api_tokens_revoke(token_ids=[token.pk])
+
+
+def api_tokens_revoke(*, token_ids: list[Any]) -> int:
+    """Revokes tokens (kept, for the record, but never accepted again); returns how many were still working."""
+    return ApiToken.objects.filter(pk__in=token_ids, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def api_token_authenticate(*, key: str) -> ApiToken | None:
+    """The working token whose key this is (recording its use), or None."""
+    token = selectors.api_token_get_by_hash(key_hash=api_key_hash(key))
+    if token is None or not token.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > timedelta(seconds=API_TOKEN_TOUCH_SECONDS):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token
+
+
+def conversation_create(*, user: User, title: str, options: GenerationOptions) -> Conversation:
+    """An empty conversation with its settings; the first message sent to it gives it a title if it has none."""
+    conversation = Conversation(owner_id=_owner_pk(user), title=title, model=settings.LLM_MODELS[0])
+    _apply_options(conversation, options)
+    conversation.save()
+    return conversation
+
+
+def conversation_update(
+    *, user: User, conversation_id: str, title: str | None, options: GenerationOptions
+) -> Conversation:
+    """Changes a conversation's title and settings (`None` keeps a value); they apply from the next answer on."""
+    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    if title is not None:
+        conversation.title = title
+    _apply_options(conversation, options)
+    conversation.save()
+    return conversation
+
+
+@transaction.atomic
+def conversation_import(
+    *,
+    user: User,
+    client_id: str,
+    system: str,
+    history: list[tuple[str, str]],
+    content: str,
+    options: GenerationOptions,
+) -> Turn:
+    """A conversation given whole (the OpenAI-compatible endpoint): earlier turns as (role, text), then a user
+    message `content` and a `streaming` answer to it. A repeated `client_id` finds the rows of its first attempt.
+    """
+    if client_id:
+        existing = selectors.message_get_by_client_id(user=user, client_id=client_id)
+        if existing is not None:
+            return _existing_turn(existing)
+    # The user's lock comes first, as in message_send: taking it after inserting rows that reference the user
+    # would deadlock two concurrent imports on PostgreSQL (each holding a key-share lock the other waits on).
+    _lock_user(user)
+    first_user_text = next((text for role, text in history if role == Message.Role.USER), content)
+    conversation = Conversation(
+        owner_id=_owner_pk(user), title=title_from_content(first_user_text), system_prompt=system
+    )
+    conversation.model = settings.LLM_MODELS[0]
+    _apply_options(conversation, options)
+    conversation.save()
+    Message.objects.bulk_create(
+        Message(
+            conversation=conversation,
+            owner_id=_owner_pk(user),
+            seq=seq,
+            role=role,
+            content=text,
+            status=Message.Status.COMPLETE,
+        )
+        for seq, (role, text) in enumerate(history, start=1)
+    )
+    turn = message_send(
+        user=user,
+        client_id=client_id,
+        conversation_id=str(conversation.pk),
+        content=content,
+        options=GenerationOptions(max_tokens=options.max_tokens),
+    )
+    if not turn.created:
+        # A concurrent twin with the same key won: its rows stand, and this conversation is dropped.
+        transaction.set_rollback(True)
+    return turn
+
+
+def conversations_set_flagged(*, conversation_ids: list[Any], flagged: bool) -> int:
+    """Flags conversations for follow-up (or clears the flag); returns how many changed.
+
+    A review is not activity: `update()` leaves `updated_at`, and so the owner's list order, as it was.
+    """
+    return Conversation.objects.filter(pk__in=conversation_ids).exclude(flagged=flagged).update(flagged=flagged)
+
+
+def conversation_review(*, conversation_id: Any, flagged: bool, reviewer_notes: str) -> None:
+    """Saves a reviewer's flag and notes, without touching `updated_at` (see conversations_set_flagged)."""
+    Conversation.objects.filter(pk=conversation_id).update(flagged=flagged, reviewer_notes=reviewer_notes)

@@ -1,13 +1,36 @@
+"""The chat page: one server-rendered shell per conversation URL; the rest happens over the WebSocket."""
+
+import uuid
+
+from csp.decorators import csp_update
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from conversations import selectors
+from conversations.errors import NotFound
 
+
+# Trusted Types: the page's only HTML sink is the policy that inserts server-sanitized markdown (chat-html).
+@csp_update({"require-trusted-types-for": ["'script'"], "trusted-types": ["chat-html"]})
 @login_required
-def chat_page(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "chat/index.html",
-        {"models": settings.LLM_MODELS, "simulator": settings.LLM_SIMULATOR},
-    )
+def chat_page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
+    if conversation_id is not None:
+        try:
+            selectors.conversation_get_for_user(user=request.user, conversation_id=str(conversation_id))
+        except NotFound:
+            raise Http404("No such conversation.") from None
+    config = {
+        "conversation": str(conversation_id) if conversation_id else None,
+        "models": settings.LLM_MODELS,
+        "simulator": settings.LLM_SIMULATOR,
+        "maxContent": settings.CHAT_MAX_CONTENT_CHARS,
+    }
+    context = {
+        "config": config,
+        "models": settings.LLM_MODELS,
+        "simulator": settings.LLM_SIMULATOR,
+        "max_content": settings.CHAT_MAX_CONTENT_CHARS,
+    }
+    return render(request, "chat/index.html", context)

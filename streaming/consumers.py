@@ -11,14 +11,28 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from conversations import selectors
+from conversations import selectors, services
 from conversations.errors import ChatError
 from conversations.models import Message
 from conversations.services import Turn
 from streaming import protocol
-from streaming.engine import get_engine
-from streaming.protocol import Cancel, Edit, Open, Ping, Regenerate, Request, Resume, Send
-from streaming.services import chat_cancel, chat_edit, chat_regenerate, chat_send
+from streaming.engine import get_engine, user_group
+from streaming.protocol import (
+    Cancel,
+    Delete,
+    Edit,
+    Feedback,
+    ListConversations,
+    Older,
+    Open,
+    Ping,
+    Regenerate,
+    Rename,
+    Request,
+    Resume,
+    Send,
+)
+from streaming.services import chat_cancel, chat_delete, chat_edit, chat_regenerate, chat_rename, chat_send
 from streaming.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -39,13 +53,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.user = user
         self.watcher = Watcher(channel_name=self.channel_name, emit=self.emit)
+        await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await get_engine().ensure_started()
         await self.emit(protocol.ready_event())
 
     async def disconnect(self, code: int) -> None:
-        # The generations this socket watched keep running; only the subscription goes.
+        # The generations this socket watched keep running; only the subscriptions go.
         if self.watcher is not None:
             await self.watcher.close()
+            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
 
     async def emit(self, event: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(event, ensure_ascii=False))
@@ -102,28 +118,40 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.open(request)
             case Resume():
                 await self.resume(request)
+            case Older():
+                await self.older(request)
             case Cancel():
                 message = await chat_cancel(user=self.user, message_id=request.message)
                 if message.status != Message.Status.STREAMING:
                     # Already over: tell this client how it ended (its text, if any, it has or will resume).
                     await watcher.send_final(message, len(message.content))
+            case ListConversations():
+                await self.list_conversations(request)
+            case Rename():
+                conversation = await chat_rename(
+                    user=self.user, conversation_id=request.conversation, title=request.title
+                )
+                await self.emit(
+                    protocol.with_ref(
+                        {"type": "conversation", "conversation": protocol.conversation_payload(conversation)},
+                        request.id,
+                    )
+                )
+            case Delete():
+                await chat_delete(user=self.user, conversation_id=request.conversation)
+            case Feedback():
+                message = await database_sync_to_async(services.message_set_feedback)(
+                    user=self.user, message_id=request.message, value=request.value
+                )
+                event = {"type": "feedback", "message": str(message.pk), "value": message.feedback or None}
+                await self.emit(protocol.with_ref(event, request.id))
             case Ping():
-                await self.emit({"type": "pong"} | ({"ref": request.id} if request.id else {}))
+                await self.emit(protocol.with_ref({"type": "pong"}, request.id))
 
     def _subscriber(self, ref: str | None) -> Any:
         async def subscribe(turn: Turn) -> None:
             assert self.watcher is not None  # noqa: S101
-            await self.watcher.follow(str(turn.conversation.pk))
-            answer = turn.assistant_message
-            for message in (turn.user_message, answer):
-                if message is not None:
-                    self.watcher.mark_announced(str(message.pk))
-                    await self.emit(protocol.message_event(message, ref))
-            if answer.status == Message.Status.STREAMING:
-                # A retried request joins an answer that may be well under way: ask for what it has.
-                await self.watcher.watch(str(answer.pk), len(answer.content), ask=not turn.created)
-            else:
-                await self.watcher.send_final(answer, len(answer.content))
+            await self.watcher.join(turn, ref)
 
         return subscribe
 
@@ -132,13 +160,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
         conversation = await database_sync_to_async(selectors.conversation_get_for_user)(
             user=self.user, conversation_id=request.conversation
         )
+        # Subscribe before reading, so nothing falls between the read and the subscription.
         await self.watcher.follow(str(conversation.pk))
-        messages = await database_sync_to_async(selectors.conversation_messages)(conversation=conversation)
-        await self.emit(protocol.history_event(conversation, messages, request.id))
-        self.watcher.mark_announced(*(str(m.pk) for m in messages))
-        for message in messages:
-            if message.status == Message.Status.STREAMING:
-                await self.watcher.watch(str(message.pk), len(message.content))
+        messages, has_more = await database_sync_to_async(selectors.conversation_messages_page)(
+            conversation=conversation
+        )
+        payloads = [protocol.message_payload(message) for message in messages]
+        await self.emit(protocol.history_event(conversation, payloads, has_more=has_more, ref=request.id))
+        self.watcher.mark_announced(*(payload["id"] for payload in payloads))
+        for payload in payloads:
+            if payload["status"] == Message.Status.STREAMING:
+                await self.watcher.watch(payload["id"], len(payload["content"]), payload["rendered"])
+
+    async def older(self, request: Older) -> None:
+        conversation = await database_sync_to_async(selectors.conversation_get_for_user)(
+            user=self.user, conversation_id=request.conversation
+        )
+        messages, has_more = await database_sync_to_async(selectors.conversation_messages_page)(
+            conversation=conversation, before=request.before
+        )
+        await self.emit(protocol.older_event(str(conversation.pk), messages, has_more=has_more, ref=request.id))
 
     async def resume(self, request: Resume) -> None:
         assert self.watcher is not None  # noqa: S101
@@ -149,13 +190,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message = await get(user=self.user, message_id=request.message)
         self.watcher.mark_announced(str(message.pk))
         if message.status == Message.Status.STREAMING:
-            await self.watcher.watch(str(message.pk), request.offset)
+            rendered = request.rendered if request.rendered is not None else request.offset
+            await self.watcher.watch(str(message.pk), request.offset, rendered)
         elif request.offset > len(message.content):
             raise protocol.ProtocolError(
                 "invalid_offset", f"The message has only {len(message.content)} characters.", request.id
             )
         else:
             await self.watcher.send_final(message, request.offset)
+
+    async def list_conversations(self, request: ListConversations) -> None:
+        page, has_more = await database_sync_to_async(selectors.conversation_list_for_user)(
+            user=self.user, query=request.query, offset=request.offset
+        )
+        event = {
+            "type": "conversations",
+            "query": request.query,
+            "offset": request.offset,
+            "conversations": [protocol.conversation_payload(conversation, live=live) for conversation, live in page],
+            "has_more": has_more,
+        }
+        await self.emit(protocol.with_ref(event, request.id))
 
     # --- layer events (from generations, via the conversation group or a direct resume reply) ------------
 
@@ -174,3 +229,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def gen_done(self, event: dict[str, Any]) -> None:
         if self.watcher is not None:
             await self.watcher.on_done(event)
+
+    async def gen_superseded(self, event: dict[str, Any]) -> None:
+        if self.watcher is not None:
+            await self.watcher.on_superseded(event)
+
+    # --- layer events for the user's list of conversations (the user group) ------------------------------
+
+    async def gen_conversation(self, event: dict[str, Any]) -> None:
+        await self.emit({"type": "conversation", "conversation": event["conversation"]})
+
+    async def gen_conversation_deleted(self, event: dict[str, Any]) -> None:
+        await self.emit({"type": "conversation_deleted", "conversation": event["conversation"]})

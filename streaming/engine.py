@@ -7,6 +7,7 @@ text from an offset. The channel layer is lossy; the database and the offsets ma
 """
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import logging
@@ -23,15 +24,16 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from conversations import selectors, services
+from conversations.markdown import Block, BlockSplitter
 from conversations.models import Message
-from streaming import upstream
+from streaming import metrics, upstream
 from streaming.upstream import ChatRequest, StreamEnd, TextDelta, ToolCallDelta, UpstreamError
 
 log = logging.getLogger(__name__)
 
 Status = Message.Status
 FINAL_WRITE_FIRST_WAIT = 0.25  # seconds before retrying a failed final write; doubles up to 5 s
-CANCEL_REPEAT_SECONDS = 0.2  # see _cancel_firmly
+CANCEL_REPEAT_SECONDS = 0.2  # see cancel_firmly
 CANCEL_PERSISTENCE = 10.0
 SHUTDOWN_GRACE = 5.0  # seconds the background tasks get to end at shutdown
 
@@ -39,6 +41,16 @@ SHUTDOWN_GRACE = 5.0  # seconds the background tasks get to end at shutdown
 def conversation_group(conversation_id: object) -> str:
     """Every watcher of a conversation joins this group; generations publish their events to it."""
     return f"chat.conversation.{conversation_id}"
+
+
+def user_group(user_id: object) -> str:
+    """Every socket of a user joins this group: changes to the list of conversations go to it."""
+    return f"chat.user.{user_id}"
+
+
+def conversation_live_event(conversation_id: object, *, live: bool) -> dict[str, Any]:
+    """Tells a user's sockets that an answer started or stopped being written in a conversation."""
+    return {"type": "gen.conversation", "conversation": {"id": str(conversation_id), "live": live}}
 
 
 def control_group(message_id: object) -> str:
@@ -54,16 +66,22 @@ class OutputLimitExceeded(Exception):
 class Generation:
     message_id: str
     conversation_id: str
+    owner_id: str
     request: ChatRequest
     cancel_requested: bool = False
     content: str = ""  # the text published so far
     pending: list[str] = field(default_factory=list)  # text received but not yet published
     pending_length: int = 0
     saved_length: int = 0
+    # The published text cut into finished markdown blocks, each rendered once (see conversations.markdown).
+    splitter: BlockSplitter = field(default_factory=BlockSplitter)
+    blocks: list[Block] = field(default_factory=list)
     tool_calls: dict[int, ToolCallDelta] = field(default_factory=dict)
     tools_dirty: bool = False
     end: StreamEnd | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = field(default_factory=time.monotonic)
+    published_at: float | None = None  # when the last delta went out
     task: "asyncio.Task[None] | None" = None  # the whole generation, final write included
     reader: "asyncio.Task[Outcome] | None" = None  # reading the upstream: the only part a stop cancels
     # The publisher and the checkpointer are never cancelled in the middle of a channel-layer or database
@@ -80,6 +98,11 @@ class Generation:
     def text(self) -> str:
         return self.content + "".join(self.pending)
 
+    def blocks_after(self, rendered: int) -> list[Block]:
+        """The finished blocks a client that has the HTML of the first `rendered` code points lacks."""
+        index = bisect.bisect_right([block.end for block in self.blocks], rendered)
+        return self.blocks[index:]
+
     def tool_calls_payload(self) -> list[dict[str, Any]]:
         return [
             {"index": call.index, "id": call.id, "name": call.name, "arguments": call.arguments}
@@ -93,6 +116,7 @@ Outcome = tuple[str, tuple[str, str] | None]  # status, and (error code, message
 @dataclass(frozen=True)
 class _Loaded:
     conversation_id: str
+    owner_id: str
     request: ChatRequest
     status: str
     cancel_requested: bool
@@ -110,6 +134,7 @@ def _load(message_id: str) -> _Loaded | None:
     )
     return _Loaded(
         conversation_id=str(message.conversation_id),
+        owner_id=str(message.owner_id),
         request=request,
         status=message.status,
         cancel_requested=message.cancel_requested_at is not None,
@@ -151,11 +176,11 @@ class Engine:
         generations = list(self.generations.values())
         for gen in generations:
             if gen.reader is not None:
-                _cancel_firmly(gen.reader)
+                cancel_firmly(gen.reader)
         await asyncio.gather(*(gen.task for gen in generations if gen.task is not None), return_exceptions=True)
         background = list(self._background)
         for task in background:
-            _cancel_firmly(task)
+            cancel_firmly(task)
         if background:
             # A task still blocked after the grace period is left to the event loop's own end.
             await asyncio.wait(background, timeout=SHUTDOWN_GRACE)
@@ -174,10 +199,12 @@ class Engine:
         gen = Generation(
             message_id=message_id,
             conversation_id=loaded.conversation_id,
+            owner_id=loaded.owner_id,
             request=loaded.request,
             cancel_requested=loaded.cancel_requested,
         )
         self.generations[message_id] = gen
+        metrics.GENERATIONS_ACTIVE.inc()
         await self.layer.group_add(control_group(message_id), self.control_channel)
         gen.task = asyncio.create_task(self._run(gen))
 
@@ -194,19 +221,26 @@ class Engine:
             gen.cancel_requested = True
             if gen.reader is not None:
                 # A reader that has already finished is not affected: the answer ended on its own.
-                _cancel_firmly(gen.reader)
+                cancel_firmly(gen.reader)
 
-    async def request_resume(self, message_id: str, offset: int, reply_to: str) -> None:
-        """Asks the generation's engine to send `reply_to` the text from `offset` as one `gen.delta`."""
+    async def request_resume(self, message_id: str, offset: int, rendered: int, reply_to: str) -> None:
+        """Asks the generation's engine to send `reply_to` one `gen.delta`: the text from `offset` and the
+        finished blocks after `rendered`."""
         if message_id in self.generations:
-            await self._reply_resume(message_id, offset, reply_to)
+            await self._reply_resume(message_id, offset, rendered, reply_to)
         else:
             await self.layer.group_send(
                 control_group(message_id),
-                {"type": "gen.resume", "message": message_id, "offset": offset, "reply_to": reply_to},
+                {
+                    "type": "gen.resume",
+                    "message": message_id,
+                    "offset": offset,
+                    "rendered": rendered,
+                    "reply_to": reply_to,
+                },
             )
 
-    async def _reply_resume(self, message_id: str, offset: int, reply_to: str) -> None:
+    async def _reply_resume(self, message_id: str, offset: int, rendered: int, reply_to: str) -> None:
         gen = self.generations.get(message_id)
         if gen is None:
             return
@@ -214,7 +248,8 @@ class Engine:
         text = gen.text()
         start = min(offset, len(text))
         await self.layer.send(
-            reply_to, {"type": "gen.delta", "message": message_id, "offset": start, "text": text[start:]}
+            reply_to,
+            _delta_event(gen.message_id, start, text[start:], gen.blocks_after(rendered)),
         )
         if gen.tool_calls:
             await self.layer.send(reply_to, self._tools_event(gen))
@@ -298,14 +333,21 @@ class Engine:
         group = conversation_group(gen.conversation_id)
         try:
             if gen.pending:
+                now = time.monotonic()
+                metrics.TOKENS.inc(len(gen.pending))
+                if gen.published_at is None:
+                    metrics.TIME_TO_FIRST_TOKEN.observe(now - gen.started_at)
+                else:
+                    metrics.DELTA_INTERVAL.observe(now - gen.published_at)
+                gen.published_at = now
                 chunk = "".join(gen.pending)
                 offset = len(gen.content)
                 gen.content += chunk
                 gen.pending.clear()
                 gen.pending_length = 0
-                await self.layer.group_send(
-                    group, {"type": "gen.delta", "message": gen.message_id, "offset": offset, "text": chunk}
-                )
+                blocks = gen.splitter.feed(chunk)
+                gen.blocks.extend(blocks)
+                await self.layer.group_send(group, _delta_event(gen.message_id, offset, chunk, blocks))
             if gen.tools_dirty:
                 gen.tools_dirty = False
                 await self.layer.group_send(group, self._tools_event(gen))
@@ -351,11 +393,14 @@ class Engine:
             message_id=gen.message_id
         )
         if gen.reader is not None:
-            _cancel_firmly(gen.reader)
+            cancel_firmly(gen.reader)
         return False
 
     async def _finish(self, gen: Generation, status: str, error: tuple[str, str] | None) -> None:
         await self._flush(gen)
+        last = gen.splitter.finish()
+        if last is not None:
+            gen.blocks.append(last)
         end = gen.end
         usage = end.usage if end is not None else None
         finish = functools.partial(
@@ -363,6 +408,7 @@ class Engine:
             message_id=gen.message_id,
             status=status,
             content=gen.content,
+            content_html="".join(block.html for block in gen.blocks),
             finish_reason=(end.finish_reason or "") if end is not None else "",
             prompt_tokens=usage.prompt_tokens if usage is not None else None,
             completion_tokens=usage.completion_tokens if usage is not None else None,
@@ -379,6 +425,7 @@ class Engine:
             "finish_reason": end.finish_reason if end is not None else None,
             "usage": _usage_payload(usage),
             "error": {"code": error[0], "message": error[1]} if error else None,
+            "blocks": [last.payload()] if last is not None else [],
         }
         log.info(
             "generation ended",
@@ -387,8 +434,16 @@ class Engine:
         with contextlib.suppress(Exception):
             await self.layer.group_send(conversation_group(gen.conversation_id), done)
         with contextlib.suppress(Exception):
+            await self.layer.group_send(
+                user_group(gen.owner_id), conversation_live_event(gen.conversation_id, live=False)
+            )
+        with contextlib.suppress(Exception):
             await self.layer.group_discard(control_group(gen.message_id), self.control_channel)
         self.generations.pop(gen.message_id, None)
+        metrics.GENERATIONS_ACTIVE.dec()
+        metrics.GENERATIONS.labels(status).inc()
+        if error:
+            metrics.ERRORS.labels(error[0]).inc()
 
     async def _write_final(self, gen: Generation, finish: Callable[[], None]) -> None:
         """The final write, retried through a database outage of up to CHAT_DB_RETRY_SECONDS.
@@ -428,7 +483,9 @@ class Engine:
                 if kind == "gen.cancel":
                     self._cancel_local(message_id)
                 elif kind == "gen.resume":
-                    await self._reply_resume(message_id, int(message["offset"]), str(message["reply_to"]))
+                    await self._reply_resume(
+                        message_id, int(message["offset"]), int(message["rendered"]), str(message["reply_to"])
+                    )
             except Exception:
                 log.warning("control message failed", exc_info=True, extra={"kind": kind})
 
@@ -459,13 +516,16 @@ class Engine:
                     "error": {"code": message.error_code, "message": message.error_message},
                 },
             )
+            await self.layer.group_send(
+                user_group(message.owner_id), conversation_live_event(message.conversation_id, live=False)
+            )
         return len(swept)
 
 
 _cancellers: set["asyncio.Task[None]"] = set()
 
 
-def _cancel_firmly(task: "asyncio.Task[Any]") -> None:
+def cancel_firmly(task: "asyncio.Task[Any]") -> None:
     """Cancels `task`, repeating the request until it ends (for at most CANCEL_PERSISTENCE seconds).
 
     On Python 3.11, `asyncio.wait_for` (which redis-py and others wrap around socket calls) swallows a
@@ -500,6 +560,13 @@ def _stop_with_server(engine: Engine) -> None:
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: Deferred.fromFuture(asyncio.ensure_future(engine.shutdown()))
     )
+
+
+def _delta_event(message_id: str, offset: int, text: str, blocks: list[Block]) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "gen.delta", "message": message_id, "offset": offset, "text": text}
+    if blocks:
+        event["blocks"] = [block.payload() for block in blocks]
+    return event
 
 
 def _usage_payload(usage: upstream.Usage | None) -> dict[str, int] | None:

@@ -12,19 +12,21 @@ from typing import Any
 from django.conf import settings
 
 from conversations.errors import ChatError, ModelNotAllowed
+from conversations.markdown import render_blocks, render_markdown
 from conversations.models import Conversation, Message
 from conversations.services import GenerationOptions
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 64
 MAX_SYSTEM_CHARS = 8_000
+TITLE_MAX_LENGTH = 200
 
 
 class ProtocolError(ChatError):
     """A frame that is not a valid request; `code` is one of the documented protocol error codes."""
 
-    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, message: str, ref: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message, field=field)
         self.code = code
         self.ref = ref
 
@@ -47,6 +49,41 @@ class Open:
 class Resume:
     message: str
     offset: int
+    rendered: int | None = None  # how much of the text the client has as HTML blocks
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Older:
+    conversation: str
+    before: int  # a message `seq`: the page holds the live messages before it
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class ListConversations:
+    query: str
+    offset: int
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Rename:
+    conversation: str
+    title: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    conversation: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Feedback:
+    message: str
+    value: str  # "up", "down" or "" to clear
     id: str | None = None
 
 
@@ -76,7 +113,9 @@ class Ping:
     id: str | None = None
 
 
-Request = Send | Open | Resume | Cancel | Regenerate | Edit | Ping
+Request = (
+    Send | Open | Resume | Cancel | Regenerate | Edit | Ping | Older | ListConversations | Rename | Delete | Feedback
+)
 
 
 # --- Parsing ----------------------------------------------------------------------------------------------
@@ -90,7 +129,7 @@ class _Fields:
         self.ref = ref
 
     def fail(self, field: str, problem: str) -> ProtocolError:
-        return ProtocolError("invalid_request", f"'{field}' {problem}.", self.ref)
+        return ProtocolError("invalid_request", f"'{field}' {problem}.", self.ref, field=field)
 
     def string(self, field: str, *, required: bool = True, max_length: int | None = None) -> str | None:
         value = self.data.get(field)
@@ -135,7 +174,9 @@ class _Fields:
             raise self.fail(field, "must not be blank")
         limit = settings.CHAT_MAX_CONTENT_CHARS
         if len(value) > limit:
-            raise ProtocolError("content_too_long", f"The message is longer than {limit} characters.", self.ref)
+            raise ProtocolError(
+                "content_too_long", f"The message is longer than {limit} characters.", self.ref, field=field
+            )
         return value
 
     def options(self) -> GenerationOptions:
@@ -144,7 +185,7 @@ class _Fields:
             try:
                 model_check(model)
             except ModelNotAllowed as exc:
-                raise ProtocolError(exc.code, exc.message, self.ref) from None
+                raise ProtocolError(exc.code, exc.message, self.ref, field="model") from None
         temperature = self.number("temperature", low=0, high=2)
         max_tokens = self.number("max_tokens", low=1, high=settings.CHAT_MAX_TOKENS_LIMIT, integer=True)
         return GenerationOptions(
@@ -191,7 +232,34 @@ def parse_request(data: object) -> Request:
         offset = fields.number("offset", low=0, high=2**31, integer=True)
         if offset is None:
             raise fields.fail("offset", "is required")
-        return Resume(message=_required_id(fields, "message"), offset=int(offset), id=ref)
+        rendered = fields.number("rendered", low=0, high=offset, integer=True)
+        return Resume(
+            message=_required_id(fields, "message"),
+            offset=int(offset),
+            rendered=int(rendered) if rendered is not None else None,
+            id=ref,
+        )
+    if kind == "older":
+        before = fields.number("before", low=1, high=2**31, integer=True)
+        if before is None:
+            raise fields.fail("before", "is required")
+        return Older(conversation=_required_id(fields, "conversation"), before=int(before), id=ref)
+    if kind == "conversations":
+        query = fields.string("query", required=False, max_length=200) or ""
+        offset = fields.number("offset", low=0, high=2**31, integer=True) or 0
+        return ListConversations(query=query.strip(), offset=int(offset), id=ref)
+    if kind == "rename":
+        title = fields.required_string("title", max_length=TITLE_MAX_LENGTH).strip()
+        if not title:
+            raise fields.fail("title", "must not be blank")
+        return Rename(conversation=_required_id(fields, "conversation"), title=title, id=ref)
+    if kind == "delete":
+        return Delete(conversation=_required_id(fields, "conversation"), id=ref)
+    if kind == "feedback":
+        value = fields.data.get("value")
+        if value not in ("up", "down", None):
+            raise fields.fail("value", 'must be "up", "down" or null')
+        return Feedback(message=_required_id(fields, "message"), value=value or "", id=ref)
     if kind == "cancel":
         return Cancel(message=_required_id(fields, "message"), id=ref)
     if kind == "regenerate":
@@ -202,6 +270,17 @@ def parse_request(data: object) -> Request:
     if kind == "ping":
         return Ping(id=ref)
     raise ProtocolError("unknown_type", f"Unknown request type {kind!r}.", ref)
+
+
+def parse_options(data: dict[str, Any]) -> GenerationOptions:
+    """The generation settings of a request object (`model`, `temperature`, `max_tokens`, `system`), checked as
+    in `send`; for the HTTP API, which takes the same fields."""
+    return _Fields(data, None).options()
+
+
+def parse_content(data: dict[str, Any], field: str = "content") -> str:
+    """A message text checked as in `send` (not blank, at most CHAT_MAX_CONTENT_CHARS)."""
+    return _Fields(data, None).content(field)
 
 
 def _required_id(fields: _Fields, name: str) -> str:
@@ -230,8 +309,9 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def conversation_payload(conversation: Conversation) -> dict[str, Any]:
-    return {
+def conversation_payload(conversation: Conversation, *, live: bool | None = None) -> dict[str, Any]:
+    """`live` (whether an answer is being written in it) is included when the caller knows it."""
+    payload = {
         "id": str(conversation.pk),
         "title": conversation.title,
         "model": conversation.model,
@@ -240,6 +320,9 @@ def conversation_payload(conversation: Conversation) -> dict[str, Any]:
         "created_at": _iso(conversation.created_at),
         "updated_at": _iso(conversation.updated_at),
     }
+    if live is not None:
+        payload["live"] = live
+    return payload
 
 
 def usage_payload(message: Message) -> dict[str, int] | None:
@@ -253,19 +336,35 @@ def error_payload(code: str, message: str) -> dict[str, str] | None:
     return {"code": code, "message": message} if code else None
 
 
+def rendered_html(message: Message) -> tuple[str, int]:
+    """The sanitized HTML of an answer so far and how many code points of its content it covers.
+
+    A finished answer has all its HTML (saved at the end); a streaming one has the HTML of its finished
+    blocks, and the rest of its content is an unfinished tail that clients show as plain text.
+    """
+    if message.status != Message.Status.STREAMING:
+        return message.content_html or render_markdown(message.content), len(message.content)
+    blocks, _tail = render_blocks(message.content)
+    return "".join(block.html for block in blocks), blocks[-1].end if blocks else 0
+
+
 def message_payload(message: Message) -> dict[str, Any]:
+    html, rendered = rendered_html(message) if message.role == Message.Role.ASSISTANT else ("", 0)
     return {
         "id": str(message.pk),
         "conversation": str(message.conversation_id),
         "seq": message.seq,
         "role": message.role,
         "content": message.content,
+        "html": html,
+        "rendered": rendered,
         "status": message.status,
         "model": message.model,
         "finish_reason": message.finish_reason or None,
         "usage": usage_payload(message),
         "error": error_payload(message.error_code, message.error_message),
         "tool_calls": message.tool_calls,
+        "feedback": message.feedback or None,
         "created_at": _iso(message.created_at),
     }
 
@@ -279,28 +378,47 @@ def ready_event() -> dict[str, Any]:
     }
 
 
-def history_event(conversation: Conversation, messages: list[Message], ref: str | None) -> dict[str, Any]:
+def history_event(
+    conversation: Conversation, messages: list[dict[str, Any]], *, has_more: bool, ref: str | None
+) -> dict[str, Any]:
+    """The latest page of a conversation; `has_more` says whether `older` would return more."""
     event = {
         "type": "history",
         "conversation": conversation_payload(conversation),
-        "messages": [message_payload(m) for m in messages],
+        "messages": messages,
+        "has_more": has_more,
     }
-    return _with_ref(event, ref)
+    return with_ref(event, ref)
+
+
+def older_event(conversation_id: str, messages: list[Message], *, has_more: bool, ref: str | None) -> dict[str, Any]:
+    event = {
+        "type": "older",
+        "conversation": conversation_id,
+        "messages": [message_payload(m) for m in messages],
+        "has_more": has_more,
+    }
+    return with_ref(event, ref)
 
 
 def message_event(message: Message, ref: str | None = None) -> dict[str, Any]:
-    return _with_ref({"type": "message", "message": message_payload(message)}, ref)
+    return with_ref({"type": "message", "message": message_payload(message)}, ref)
 
 
-def delta_event(message_id: str, offset: int, text: str) -> dict[str, Any]:
-    return {"type": "delta", "message": message_id, "offset": offset, "text": text}
+def delta_event(message_id: str, offset: int, text: str, blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`blocks` are finished markdown blocks ({start, end, html}) that the text completed."""
+    event: dict[str, Any] = {"type": "delta", "message": message_id, "offset": offset, "text": text}
+    if blocks:
+        event["blocks"] = blocks
+    return event
 
 
 def error_event(code: str, message: str, ref: str | None = None) -> dict[str, Any]:
-    return _with_ref({"type": "error", "code": code, "message": message}, ref)
+    return with_ref({"type": "error", "code": code, "message": message}, ref)
 
 
-def _with_ref(event: dict[str, Any], ref: str | None) -> dict[str, Any]:
+def with_ref(event: dict[str, Any], ref: str | None) -> dict[str, Any]:
+    """Adds `ref`, the id of the request an event answers, when there is one."""
     if ref is not None:
         event["ref"] = ref
     return event
@@ -313,7 +431,11 @@ def done_event(
     usage: dict[str, int] | None = None,
     error: dict[str, str] | None = None,
     finish_reason: str | None = None,
+    blocks: list[dict[str, Any]] | None = None,
+    html: str | None = None,
 ) -> dict[str, Any]:
+    """The end of an answer. Its last markdown blocks come as `blocks` when the client has all the others,
+    or as `html`, the whole answer's HTML, to replace what the client shows."""
     event: dict[str, Any] = {"type": "done", "message": message_id, "status": status}
     if usage is not None:
         event["usage"] = usage
@@ -321,6 +443,10 @@ def done_event(
         event["error"] = error
     if finish_reason:
         event["finish_reason"] = finish_reason
+    if blocks:
+        event["blocks"] = blocks
+    if html is not None:
+        event["html"] = html
     return event
 
 

@@ -1,8 +1,8 @@
-"""Chat actions shared by every protocol (WebSocket now, HTTP later): write, then notify, then generate.
+"""Chat actions shared by every protocol (WebSocket, HTTP): write, then notify, then generate.
 
 The database writes live in `conversations.services`; these functions run them off the event loop and,
-once they have committed, announce the new rows to the conversation's watchers and start or stop the
-generation.
+once they have committed, announce the changes to the watchers of the conversation and to the user's other
+sockets, and start or stop generations.
 """
 
 from collections.abc import Awaitable, Callable
@@ -12,10 +12,10 @@ from channels.layers import get_channel_layer
 
 from conversations import services
 from conversations.errors import InvalidState
-from conversations.models import Message
+from conversations.models import Conversation, Message
 from conversations.services import GenerationOptions, Turn, User
 from streaming import protocol
-from streaming.engine import conversation_group, get_engine
+from streaming.engine import conversation_group, get_engine, user_group
 
 # Called once the rows have committed and before the generation starts, so the caller can subscribe to the
 # conversation and miss nothing; it also runs for a retried request that found its earlier rows.
@@ -28,9 +28,18 @@ async def _begin(turn: Turn, before_start: BeforeStart) -> Turn:
     if turn.created:
         layer = get_channel_layer()
         group = conversation_group(turn.conversation.pk)
+        if turn.superseded:
+            await layer.group_send(
+                group,
+                {"type": "gen.superseded", "conversation": str(turn.conversation.pk), "messages": turn.superseded},
+            )
         for message in (turn.user_message, turn.assistant_message):
             if message is not None:
                 await layer.group_send(group, {"type": "gen.message", "message": protocol.message_payload(message)})
+        await layer.group_send(
+            user_group(turn.conversation.owner_id),
+            {"type": "gen.conversation", "conversation": protocol.conversation_payload(turn.conversation, live=True)},
+        )
         await get_engine().start(str(turn.assistant_message.pk))
     return turn
 
@@ -87,3 +96,44 @@ async def chat_cancel(*, user: User, message_id: str) -> Message:
     if message.status == Message.Status.STREAMING:
         await get_engine().cancel(str(message.pk))
     return message
+
+
+async def chat_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
+    conversation: Conversation = await database_sync_to_async(services.conversation_rename)(
+        user=user, conversation_id=conversation_id, title=title
+    )
+    await get_channel_layer().group_send(
+        user_group(conversation.owner_id),
+        {"type": "gen.conversation", "conversation": protocol.conversation_payload(conversation)},
+    )
+    return conversation
+
+
+async def chat_delete(*, user: User, conversation_id: str) -> None:
+    """Deletes a conversation, stopping its running answer at once, and tells the user's sockets."""
+    deleted, streaming = await database_sync_to_async(services.conversation_delete)(
+        user=user, conversation_id=conversation_id
+    )
+    engine = get_engine()
+    for message_id in streaming:
+        await engine.cancel(message_id)
+    await get_channel_layer().group_send(
+        user_group(user.pk), {"type": "gen.conversation_deleted", "conversation": deleted}
+    )
+
+
+async def chat_import(
+    *,
+    user: User,
+    client_id: str,
+    system: str,
+    history: list[tuple[str, str]],
+    content: str,
+    options: GenerationOptions,
+    before_start: BeforeStart = None,
+) -> Turn:
+    """Starts an answer to a conversation given whole (the OpenAI-compatible endpoint), recorded as a new one."""
+    turn = await database_sync_to_async(services.conversation_import)(
+        user=user, client_id=client_id, system=system, history=history, content=content, options=options
+    )
+    return await _begin(turn, before_start)

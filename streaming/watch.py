@@ -18,7 +18,8 @@ from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 
 from conversations.models import Message
-from streaming import protocol
+from conversations.services import Turn
+from streaming import metrics, protocol
 from streaming.engine import conversation_group, get_engine
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
@@ -32,7 +33,8 @@ WATCHDOG_PERIOD = 1.0
 
 @dataclass
 class _Watch:
-    offset: int
+    offset: int  # code points of the content the client has
+    rendered: int  # code points of the content whose HTML blocks the client has
     resume_requested_at: float | None = None
     last_event_at: float = 0.0
 
@@ -55,6 +57,8 @@ class Watcher:
         self.announced: set[str] = set()
         self._lock = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
+        self._closed = False
+        metrics.WATCHERS_ACTIVE.inc()
 
     async def follow(self, conversation_id: str) -> None:
         """Makes `conversation_id` the one conversation this client watches.
@@ -76,6 +80,9 @@ class Watcher:
         self.announced.clear()
 
     async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            metrics.WATCHERS_ACTIVE.dec()
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -85,14 +92,34 @@ class Watcher:
     def mark_announced(self, *message_ids: str) -> None:
         self.announced.update(message_ids)
 
-    async def watch(self, message_id: str, offset: int, *, ask: bool = True) -> None:
-        """Streams a `streaming` message to the client from `offset` (what the client already has).
+    async def join(self, turn: Turn, ref: str | None) -> None:
+        """Follows the conversation of a turn just written, announces its rows and watches its answer.
+
+        For the `before_start` of a chat action (see streaming.services): the generation has not started yet,
+        so nothing is missed; a retried request's answer may be well under way, so it is asked what it has.
+        """
+        await self.follow(str(turn.conversation.pk))
+        answer = turn.assistant_message
+        payload: dict[str, Any] = {}
+        for message in (turn.user_message, answer):
+            if message is not None:
+                self.mark_announced(str(message.pk))
+                payload = protocol.message_payload(message)
+                await self.emit(protocol.with_ref({"type": "message", "message": payload}, ref))
+        if answer.status == Message.Status.STREAMING:
+            await self.watch(str(answer.pk), len(answer.content), payload["rendered"], ask=not turn.created)
+        else:
+            await self.send_final(answer, len(answer.content))
+
+    async def watch(self, message_id: str, offset: int, rendered: int, *, ask: bool = True) -> None:
+        """Streams a `streaming` message to the client from `offset` (the text it has) and `rendered` (the
+        text whose HTML blocks it has).
 
         With `ask`, the generation is asked for the text from `offset`, covering whatever the database
         checkpoint and the live deltas do not.
         """
         now = time.monotonic()
-        self.watches[message_id] = _Watch(offset=offset, last_event_at=now)
+        self.watches[message_id] = _Watch(offset=offset, rendered=min(rendered, offset), last_event_at=now)
         self._ensure_watchdog()
         if ask:
             await self._ask(message_id)
@@ -102,9 +129,24 @@ class Watcher:
         if watch is None:
             return
         watch.resume_requested_at = time.monotonic()
-        await get_engine().request_resume(message_id, watch.offset, self.channel_name)
+        await get_engine().request_resume(message_id, watch.offset, watch.rendered, self.channel_name)
 
     # --- layer events ------------------------------------------------------------------------------------
+
+    async def dispatch(self, event: dict[str, Any]) -> None:
+        """Hands a layer event to its handler below, for clients that read their channel themselves (the
+        HTTP event streams); a consumer gets the same routing from channels' `gen.*` → `gen_*` methods."""
+        kind = event.get("type")
+        if kind == "gen.message":
+            await self.on_message(event["message"])
+        elif kind == "gen.delta":
+            await self.on_delta(event)
+        elif kind == "gen.tools":
+            await self.on_tools(event)
+        elif kind == "gen.done":
+            await self.on_done(event)
+        elif kind == "gen.superseded":
+            await self.on_superseded(event)
 
     async def on_message(self, payload: dict[str, Any]) -> None:
         message_id = payload["id"]
@@ -115,7 +157,8 @@ class Watcher:
             self.announced.add(message_id)
             await self.emit({"type": "message", "message": payload})
         if payload["status"] == Message.Status.STREAMING and message_id not in self.watches:
-            await self.watch(message_id, len(payload["content"]), ask=bool(payload["content"]))
+            content = payload["content"]
+            await self.watch(message_id, len(content), payload.get("rendered", 0), ask=bool(content))
 
     async def on_delta(self, event: dict[str, Any]) -> None:
         message_id, offset, text = event["message"], event["offset"], event["text"]
@@ -125,20 +168,28 @@ class Watcher:
                 return
             now = time.monotonic()
             watch.last_event_at = now
-            if offset > watch.offset:
-                # Something between watch.offset and offset was dropped: ask for it unless a request is out.
-                pending = watch.resume_requested_at is not None and now - watch.resume_requested_at <= RESUME_TIMEOUT
-                ask = not pending
-            else:
-                ask = False
-                watch.resume_requested_at = None
+            ask = offset > watch.offset
+            if not ask:
                 fresh = text[watch.offset - offset :]
-                if fresh:
-                    start = watch.offset
-                    watch.offset += len(fresh)
-                    await self.emit(protocol.delta_event(message_id, start, fresh))
+                start = watch.offset
+                watch.offset += len(fresh)
+                blocks, ask = _new_blocks(watch, event.get("blocks"))
+                if not ask:
+                    watch.resume_requested_at = None
+                if fresh or blocks:
+                    await self.emit(protocol.delta_event(message_id, start, fresh, blocks))
+            # Something before this event was dropped: ask for it unless a request is already out.
+            ask = ask and not (
+                watch.resume_requested_at is not None and now - watch.resume_requested_at <= RESUME_TIMEOUT
+            )
         if ask:
             await self._ask(message_id)
+
+    async def on_superseded(self, event: dict[str, Any]) -> None:
+        if event["conversation"] == self.conversation_id:
+            await self.emit(
+                {"type": "superseded", "conversation": event["conversation"], "messages": list(event["messages"])}
+            )
 
     async def on_tools(self, event: dict[str, Any]) -> None:
         if event["message"] in self.watches:
@@ -149,8 +200,9 @@ class Watcher:
         watch = self.watches.get(message_id)
         if watch is None:
             return
-        if watch.offset < event["length"]:
-            # The final text is in the database before `gen.done` is published.
+        blocks, missing = _new_blocks(watch, event.get("blocks"))
+        if watch.offset < event["length"] or missing or watch.rendered < watch.offset:
+            # The final text and HTML are in the database before `gen.done` is published.
             await self._finish_from_database(message_id)
             return
         self.watches.pop(message_id, None)
@@ -162,11 +214,13 @@ class Watcher:
                     usage=event.get("usage"),
                     error=event.get("error"),
                     finish_reason=event.get("finish_reason"),
+                    blocks=blocks,
                 )
             )
 
     async def send_final(self, message: Message, offset: int) -> None:
-        """Sends a finished message's text from `offset`, then its `done`."""
+        """Sends a finished message's text from `offset`, then its `done` with the whole HTML."""
+        html, _ = protocol.rendered_html(message)
         async with self._lock:
             if offset < len(message.content):
                 await self.emit(protocol.delta_event(str(message.pk), offset, message.content[offset:]))
@@ -177,6 +231,7 @@ class Watcher:
                     usage=protocol.usage_payload(message),
                     error=protocol.error_payload(message.error_code, message.error_message),
                     finish_reason=message.finish_reason or None,
+                    html=html,
                 )
             )
 
@@ -213,3 +268,17 @@ class Watcher:
                 watch.last_event_at = now
                 if not await self._finish_from_database(message_id) and stale_resume:
                     await self._ask(message_id)
+
+
+def _new_blocks(watch: _Watch, blocks: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], bool]:
+    """The blocks of an event that the client lacks, in order, advancing `watch.rendered`; and whether one is
+    missing before them (then the generation must be asked again)."""
+    fresh: list[dict[str, Any]] = []
+    for block in blocks or ():
+        if block["end"] <= watch.rendered:
+            continue
+        if block["start"] > watch.rendered or block["end"] > watch.offset:
+            return fresh, True
+        fresh.append(block)
+        watch.rendered = block["end"]
+    return fresh, False

@@ -5,7 +5,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from tests.support import Daphne, DevLLMThread, daphne_env
+from tests.support import Daphne, DevLLMThread, collect_static, daphne_env
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,15 @@ def upstream() -> Iterator[DevLLMThread]:
 
 
 @pytest.fixture(scope="session")
-def daphne_factory(django_db_setup, django_db_blocker, upstream) -> Iterator[Callable[..., Daphne]]:
+def static_root(tmp_path_factory) -> str:
+    """The static files as production serves them: collected, hashed and compressed, once per test run."""
+    root = str(tmp_path_factory.mktemp("static"))
+    collect_static(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def daphne_factory(django_db_setup, django_db_blocker, upstream, static_root) -> Iterator[Callable[..., Daphne]]:
     """Starts daphne processes on the test database; identical settings share one process."""
     started: dict[tuple[tuple[str, str], ...], Daphne] = {}
 
@@ -25,7 +33,7 @@ def daphne_factory(django_db_setup, django_db_blocker, upstream) -> Iterator[Cal
         key = tuple(sorted(overrides.items()))
         if fresh or key not in started:
             with django_db_blocker.unblock():
-                env = daphne_env(upstream, **overrides)
+                env = daphne_env(upstream, STATIC_ROOT=static_root, **overrides)
             server = Daphne(env).start()
             if fresh:
                 extra.append(server)

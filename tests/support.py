@@ -90,6 +90,7 @@ class Daphne:
         self.env = env
         self.log = tempfile.NamedTemporaryFile(prefix="daphne-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen[bytes] | None = None
+        self.command: list[str] | None = None  # the whole command line, when not the default one
 
     @property
     def origin(self) -> str:
@@ -100,9 +101,12 @@ class Daphne:
         return f"ws://127.0.0.1:{self.port}/ws/chat/"
 
     def start(self) -> "Daphne":
-        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+        command = self.command or [
+            *[sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)],
+            "chatproject.asgi:application",
+        ]
         self.process = subprocess.Popen(
-            [*command, "chatproject.asgi:application"],
+            command,
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
@@ -141,6 +145,15 @@ class Daphne:
             Path(self.log.name).unlink(missing_ok=True)
 
 
+def collect_static(root: str) -> None:
+    """Runs `collectstatic` into `root` with the production storage (hashed, compressed names)."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "chatproject.settings", "DJANGO_DEBUG": "0", "STATIC_ROOT": root}
+    env.setdefault("SECRET_KEY", settings.SECRET_KEY)
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=120
+    )
+
+
 def daphne_env(upstream: DevLLMThread, **overrides: str) -> dict[str, str]:
     env = {
         **os.environ,
@@ -148,6 +161,7 @@ def daphne_env(upstream: DevLLMThread, **overrides: str) -> dict[str, str]:
         "DJANGO_DEBUG": "0",
         "SECRET_KEY": settings.SECRET_KEY,
         "SECURE_SSL_REDIRECT": "0",
+        "SECURE_COOKIES": "0",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DATABASE_URL": database_url(),
         "LLM_BASE_URL": upstream.base_url,
@@ -156,6 +170,7 @@ def daphne_env(upstream: DevLLMThread, **overrides: str) -> dict[str, str]:
         "CHANNEL_PREFIX": os.environ.get("CHANNEL_PREFIX", "chat"),
         "LOG_LEVEL": "WARNING",
     }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the browser tests' flag is for their own process only
     env.update(overrides)
     return env
 
@@ -166,6 +181,10 @@ class ChatSocket:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.texts: dict[str, str] = {}
+        # The HTML of each answer as a browser builds it (finished blocks, then the final blocks or whole HTML),
+        # and how many code points of its text that HTML covers.
+        self.html: dict[str, str] = {}
+        self.rendered: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
 
     @classmethod
@@ -191,12 +210,31 @@ class ChatSocket:
             # The server trims what the client has; an overlap or a gap here is a bug.
             assert event["offset"] == len(have), (event["offset"], len(have))
             self.texts[event["message"]] = have + event["text"]
+            self._add_blocks(event["message"], event.get("blocks", []))
+        elif event["type"] == "done":
+            if "html" in event:
+                self.html[event["message"]] = event["html"]
+                self.rendered[event["message"]] = len(self.texts.get(event["message"], ""))
+            else:
+                self._add_blocks(event["message"], event.get("blocks", []))
         elif event["type"] == "message":
             self.texts.setdefault(event["message"]["id"], event["message"]["content"])
+            self.html.setdefault(event["message"]["id"], event["message"]["html"])
+            self.rendered.setdefault(event["message"]["id"], event["message"]["rendered"])
         elif event["type"] == "history":
             for message in event["messages"]:
                 self.texts[message["id"]] = message["content"]
+                self.html[message["id"]] = message["html"]
+                self.rendered[message["id"]] = message["rendered"]
         return event
+
+    def _add_blocks(self, message_id: str, blocks: list[dict[str, Any]]) -> None:
+        for block in blocks:
+            # Blocks arrive in order, each once, and only for text the client already has.
+            assert block["start"] == self.rendered.get(message_id, 0), (block, self.rendered.get(message_id))
+            assert block["end"] <= len(self.texts[message_id])
+            self.html[message_id] = self.html.get(message_id, "") + block["html"]
+            self.rendered[message_id] = block["end"]
 
     async def recv_until(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = RECV_TIMEOUT

@@ -1,112 +1,518 @@
-// Minimal streaming chat client for protocol v1 (docs/protocol.md). Text is inserted with textContent only.
-const log = document.getElementById("log");
-const statusEl = document.getElementById("status");
-const form = document.getElementById("composer");
-const input = document.getElementById("content");
-const modelSelect = document.getElementById("model");
-const stopButton = document.getElementById("stop");
+// The chat page: conversations, the transcript and the composer, over one WebSocket (docs/protocol.md).
+import { Connection } from "./connection.js";
+import { MessageView, codePoints, copyText } from "./transcript.js";
 
-let socket = null;
-let conversation = null;
-let streaming = null; // id of the answer being written
-const nodes = new Map(); // message id -> {body, state, length}
+const config = JSON.parse(document.getElementById("chat-config").textContent);
+const $ = (id) => document.getElementById(id);
+const ui = {
+  app: $("app"),
+  sidebar: $("sidebar"),
+  openSidebar: $("open-sidebar"),
+  closeSidebar: $("close-sidebar"),
+  search: $("search"),
+  conversations: $("conversations"),
+  moreConversations: $("more-conversations"),
+  noConversations: $("no-conversations"),
+  newChat: $("new-chat"),
+  title: $("title"),
+  connection: $("connection"),
+  transcript: $("transcript"),
+  older: $("older"),
+  messages: $("messages"),
+  welcome: $("welcome"),
+  jump: $("jump"),
+  composer: $("composer"),
+  input: $("composer-input"),
+  hint: $("composer-hint"),
+  send: $("send"),
+  stop: $("stop"),
+  model: $("model"),
+  temperature: $("temperature"),
+  system: $("system"),
+  announcer: $("announcer"),
+  confirmDelete: $("confirm-delete"),
+};
 
-function messageNode(message) {
-  let entry = nodes.get(message.id);
-  if (!entry) {
-    const el = document.createElement("div");
-    el.className = `msg ${message.role}`;
-    const body = document.createElement("span");
-    const state = document.createElement("span");
-    state.className = "state";
-    el.append(body, state);
-    log.append(el);
-    entry = { body, state, length: 0 };
-    nodes.set(message.id, entry);
-  }
-  entry.body.textContent = message.content;
-  entry.length = [...message.content].length;
-  entry.state.textContent = message.status === "complete" ? "" : message.status;
-  return entry;
-}
+const state = {
+  conversation: config.conversation, // the id on screen, or null for a new chat
+  views: new Map(), // message id -> MessageView, for the conversation on screen
+  pending: new Map(), // request id -> optimistic view of a send not yet acknowledged
+  streaming: null, // the id of the answer being written in the conversation on screen
+  hasMore: false,
+  loadingOlder: false,
+  follow: true, // the transcript follows new text until the reader scrolls up
+  conversations: new Map(), // id -> conversation payload, for the sidebar
+  query: "",
+  listed: 0,
+};
 
-function send(frame) {
-  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
-}
+const scheme = location.protocol === "https:" ? "wss" : "ws";
+const connection = new Connection({
+  url: `${scheme}://${location.host}/ws/chat/`,
+  onEvent: handle,
+  onState: showConnection,
+  onUnauthenticated: () => location.assign(`/accounts/login/?next=${encodeURIComponent(location.pathname)}`),
+});
 
-function onEvent(event) {
-  switch (event.type) {
-    case "ready":
-      statusEl.textContent = "connected";
-      if (conversation) send({ type: "open", conversation });
-      break;
-    case "history":
-      log.replaceChildren();
-      nodes.clear();
-      event.messages.forEach(messageNode);
-      break;
-    case "message":
-      conversation = event.message.conversation;
-      messageNode(event.message);
-      if (event.message.status === "streaming") {
-        streaming = event.message.id;
-        stopButton.disabled = false;
+// --- Events from the server ---------------------------------------------------------------------------
+
+const handlers = {
+  ready() {
+    if (state.conversation) connection.send({ type: "open", conversation: state.conversation, id: "open" });
+    listConversations(0);
+  },
+  history(event) {
+    if (event.conversation.id !== state.conversation) return;
+    showConversationSettings(event.conversation);
+    ui.title.textContent = event.conversation.title || "New chat";
+    const resumes = [];
+    const views = event.messages.map((payload) => {
+      const existing = state.views.get(payload.id);
+      // After a reconnect, an answer we have more of than the database keeps its text and resumes from it.
+      if (existing && payload.status === "streaming" && existing.length > codePoints(payload.content)) {
+        resumes.push(existing);
+        return existing;
       }
-      break;
-    case "delta": {
-      const entry = nodes.get(event.message);
-      if (!entry) break;
-      // Offsets count code points, like the server; text behind our length is trimmed.
-      const chars = [...event.text];
-      if (event.offset > entry.length) {
-        send({ type: "resume", message: event.message, offset: entry.length });
-        break;
-      }
-      const fresh = chars.slice(entry.length - event.offset).join("");
-      entry.body.append(fresh);
-      entry.length += chars.length - (entry.length - event.offset);
-      entry.state.textContent = "streaming";
-      log.scrollTop = log.scrollHeight;
-      break;
+      return new MessageView(payload, config);
+    });
+    state.views = new Map(views.map((view) => [view.id, view]));
+    ui.messages.replaceChildren(...views.map((view) => view.node), ...[...state.pending.values()].map((v) => v.node));
+    state.hasMore = event.has_more;
+    ui.older.hidden = !event.has_more;
+    for (const view of resumes) {
+      connection.send({ type: "resume", message: view.id, offset: view.length, rendered: view.rendered });
     }
-    case "done": {
-      const entry = nodes.get(event.message);
-      if (entry) entry.state.textContent = event.status === "complete" ? "" : event.error ? `${event.status}: ${event.error.message}` : event.status;
-      if (streaming === event.message) {
-        streaming = null;
-        stopButton.disabled = true;
-      }
-      break;
+    refresh();
+    scrollToEnd(true);
+  },
+  older(event) {
+    if (event.conversation !== state.conversation) return;
+    state.loadingOlder = false;
+    const before = ui.transcript.scrollHeight - ui.transcript.scrollTop;
+    const views = event.messages.filter((payload) => !state.views.has(payload.id)).map((p) => new MessageView(p, config));
+    for (const view of views) state.views.set(view.id, view);
+    ui.messages.prepend(...views.map((view) => view.node));
+    state.hasMore = event.has_more;
+    ui.older.hidden = !event.has_more;
+    ui.transcript.scrollTop = ui.transcript.scrollHeight - before; // keep the reader's place
+  },
+  message(event) {
+    const payload = event.message;
+    const optimistic = event.ref ? state.pending.get(event.ref) : undefined;
+    if (payload.conversation !== state.conversation) {
+      if (!optimistic) return; // another conversation's news reaches the sidebar through `conversation`
+      setConversation(payload.conversation, { push: true, reopen: false });
     }
-    case "error":
-      statusEl.textContent = `error: ${event.message}`;
-      break;
-  }
+    if (optimistic && payload.role === "user") {
+      state.pending.delete(event.ref);
+      optimistic.node.remove();
+    }
+    if (state.views.has(payload.id)) return; // a retried request: we have it already
+    const view = new MessageView(payload, config);
+    state.views.set(view.id, view);
+    ui.messages.append(view.node);
+    if (payload.role === "assistant" && payload.status === "streaming") announce("Writing an answer…");
+    refresh();
+    scrollToEnd();
+  },
+  delta(event) {
+    const view = state.views.get(event.message);
+    if (!view) return;
+    const started = performance.now();
+    if (!view.applyDelta(event)) {
+      connection.send({ type: "resume", message: view.id, offset: view.length, rendered: view.rendered });
+    }
+    scrollToEnd();
+    performance.measure("chat:update", { start: started });
+  },
+  tool_calls(event) {
+    state.views.get(event.message)?.showTools(event.tool_calls);
+  },
+  done(event) {
+    const view = state.views.get(event.message);
+    if (!view) return;
+    const started = performance.now();
+    view.applyDone(event);
+    performance.measure("chat:update", { start: started });
+    refresh();
+    scrollToEnd();
+    const endings = { complete: "Answer complete.", cancelled: "Answer stopped.", interrupted: "Answer interrupted." };
+    announce(event.status === "error" ? `Answer failed: ${event.error?.message ?? ""}` : endings[event.status]);
+  },
+  superseded(event) {
+    if (event.conversation !== state.conversation) return;
+    for (const id of event.messages) {
+      state.views.get(id)?.node.remove();
+      state.views.delete(id);
+    }
+    refresh();
+  },
+  conversation(event) {
+    const known = state.conversations.get(event.conversation.id);
+    if (!known && !event.conversation.title) return; // only a live flag for a conversation not in the list
+    const merged = { ...known, ...event.conversation };
+    state.conversations.set(merged.id, merged);
+    renderSidebarItem(merged, { toTop: Boolean(event.conversation.updated_at) && !state.query });
+    if (merged.id === state.conversation) ui.title.textContent = merged.title || "New chat";
+  },
+  conversation_deleted(event) {
+    state.conversations.delete(event.conversation);
+    ui.conversations.querySelector(`[data-id="${CSS.escape(event.conversation)}"]`)?.remove();
+    ui.noConversations.hidden = state.conversations.size > 0;
+    if (event.conversation === state.conversation) setConversation(null, { push: true });
+  },
+  conversations(event) {
+    if (event.query !== state.query) return; // a reply to a search the user has since changed
+    if (event.offset === 0) {
+      state.conversations.clear();
+      ui.conversations.replaceChildren();
+    }
+    for (const conversation of event.conversations) {
+      state.conversations.set(conversation.id, conversation);
+      renderSidebarItem(conversation, {});
+    }
+    state.listed = event.offset + event.conversations.length;
+    ui.moreConversations.hidden = !event.has_more;
+    ui.noConversations.hidden = state.conversations.size > 0;
+    ui.noConversations.textContent = state.query ? "No conversation matches." : "No conversations yet.";
+  },
+  feedback(event) {
+    state.views.get(event.message)?.setFeedback(event.value);
+  },
+  error(event) {
+    const optimistic = event.ref ? state.pending.get(event.ref) : undefined;
+    if (optimistic) {
+      state.pending.delete(event.ref);
+      optimistic.setStatus("failed");
+      optimistic.meta.prepend(Object.assign(document.createElement("span"), { className: "status problem", textContent: `Not sent: ${event.message}` }));
+    }
+    if (event.ref === "open" && event.code === "not_found") setConversation(null, { push: true });
+    showHint(event.message, true);
+    refresh();
+  },
+  pong() {},
+};
+
+function handle(event) {
+  handlers[event.type]?.(event);
 }
 
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.host}/ws/chat/`);
-  socket.addEventListener("message", (e) => onEvent(JSON.parse(e.data)));
-  socket.addEventListener("close", () => {
-    statusEl.textContent = "reconnecting…";
-    setTimeout(connect, 1000 + Math.random() * 1000);
+// --- Conversations and the sidebar --------------------------------------------------------------------
+
+function setConversation(id, { push = false, reopen = true } = {}) {
+  state.conversation = id;
+  state.views.clear();
+  state.pending.clear();
+  state.streaming = null;
+  ui.messages.replaceChildren();
+  ui.older.hidden = true;
+  ui.title.textContent = id ? state.conversations.get(id)?.title || "…" : "New chat";
+  const path = id ? `/c/${id}/` : "/";
+  if (push && location.pathname !== path) history.pushState({ conversation: id }, "", path);
+  for (const item of ui.conversations.querySelectorAll("a[aria-current]")) item.removeAttribute("aria-current");
+  if (id) ui.conversations.querySelector(`[data-id="${CSS.escape(id)}"] a`)?.setAttribute("aria-current", "page");
+  if (id && reopen) connection.send({ type: "open", conversation: id, id: "open" });
+  if (!id) showConversationSettings({ model: config.models[0], temperature: null, system: "" });
+  closeSidebar();
+  refresh();
+}
+
+function listConversations(offset) {
+  connection.send({ type: "conversations", query: state.query, offset });
+}
+
+function renderSidebarItem(conversation, { toTop }) {
+  let item = ui.conversations.querySelector(`[data-id="${CSS.escape(conversation.id)}"]`);
+  if (!item) {
+    item = document.createElement("li");
+    item.dataset.id = conversation.id;
+    const link = document.createElement("a");
+    link.href = `/c/${conversation.id}/`;
+    const live = document.createElement("span");
+    live.className = "live";
+    live.textContent = "●";
+    live.title = "An answer is being written";
+    const rename = document.createElement("button");
+    Object.assign(rename, { type: "button", className: "icon rename", textContent: "✎", title: "Rename" });
+    const remove = document.createElement("button");
+    Object.assign(remove, { type: "button", className: "icon delete", textContent: "🗑", title: "Delete" });
+    item.append(link, live, rename, remove);
+    if (toTop) ui.conversations.prepend(item);
+    else ui.conversations.append(item);
+    ui.noConversations.hidden = true;
+  } else if (toTop) {
+    ui.conversations.prepend(item);
+  }
+  const link = item.querySelector("a");
+  link.textContent = conversation.title || "Untitled";
+  item.querySelector(".rename").setAttribute("aria-label", `Rename “${link.textContent}”`);
+  item.querySelector(".delete").setAttribute("aria-label", `Delete “${link.textContent}”`);
+  if (conversation.id === state.conversation) link.setAttribute("aria-current", "page");
+  item.classList.toggle("is-live", Boolean(conversation.live));
+  item.querySelector(".live").hidden = !conversation.live;
+}
+
+ui.conversations.addEventListener("click", (event) => {
+  const item = event.target.closest("li");
+  if (!item) return;
+  const id = item.dataset.id;
+  if (event.target.closest("a")) {
+    if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
+    event.preventDefault();
+    if (id !== state.conversation) setConversation(id, { push: true });
+    else closeSidebar();
+  } else if (event.target.closest(".rename")) {
+    const title = prompt("New title", state.conversations.get(id)?.title || "");
+    if (title && title.trim()) connection.send({ type: "rename", conversation: id, title: title.trim() });
+  } else if (event.target.closest(".delete")) {
+    ui.confirmDelete.querySelector("#confirm-delete-text").textContent =
+      `“${state.conversations.get(id)?.title || "Untitled"}” and all its messages will be gone for good.`;
+    ui.confirmDelete.returnValue = "";
+    ui.confirmDelete.showModal();
+    ui.confirmDelete.addEventListener(
+      "close",
+      () => ui.confirmDelete.returnValue === "delete" && connection.send({ type: "delete", conversation: id }),
+      { once: true },
+    );
+  }
+});
+
+let searchTimer = null;
+ui.search.addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    state.query = ui.search.value.trim();
+    listConversations(0);
+  }, 250);
+});
+ui.moreConversations.addEventListener("click", () => listConversations(state.listed));
+ui.newChat.addEventListener("click", (event) => {
+  event.preventDefault();
+  setConversation(null, { push: true });
+  ui.input.focus();
+});
+window.addEventListener("popstate", () => {
+  const match = location.pathname.match(/^\/c\/([0-9a-f-]{36})\/$/);
+  setConversation(match ? match[1] : null);
+});
+
+function openSidebar() {
+  ui.app.classList.add("sidebar-open");
+  ui.openSidebar.setAttribute("aria-expanded", "true");
+  ui.search.focus();
+}
+function closeSidebar() {
+  if (!ui.app.classList.contains("sidebar-open")) return;
+  ui.app.classList.remove("sidebar-open");
+  ui.openSidebar.setAttribute("aria-expanded", "false");
+}
+ui.openSidebar.addEventListener("click", openSidebar);
+ui.closeSidebar.addEventListener("click", () => {
+  closeSidebar();
+  ui.openSidebar.focus();
+});
+
+// --- The transcript -----------------------------------------------------------------------------------
+
+ui.messages.addEventListener("click", (event) => {
+  const target = event.target.closest("button[data-action]");
+  if (!target) return;
+  const view = state.views.get(target.closest(".message")?.dataset.id);
+  if (!view) return;
+  const action = target.dataset.action;
+  if (action === "copy") copyText(view.text).then(() => flash(target, "Copied"));
+  else if (action === "copy-code") copyText(target.closest("pre").querySelector("code").textContent).then(() => flash(target, "Copied"));
+  else if (action === "feedback-up" || action === "feedback-down") {
+    const value = action === "feedback-up" ? "up" : "down";
+    connection.send({ type: "feedback", message: view.id, value: view.feedback() === value ? null : value });
+  } else if (action === "regenerate") request({ type: "regenerate", message: view.id });
+  else if (action === "edit") startEdit(view);
+});
+
+function startEdit(view) {
+  if (view.node.querySelector(".editor")) return;
+  const editor = document.createElement("div");
+  editor.className = "editor";
+  const area = document.createElement("textarea");
+  area.value = view.text;
+  area.setAttribute("aria-label", "Edit your message");
+  area.maxLength = config.maxContent;
+  const save = Object.assign(document.createElement("button"), { type: "button", className: "primary", textContent: "Send edited message" });
+  const cancel = Object.assign(document.createElement("button"), { type: "button", textContent: "Cancel" });
+  editor.append(area, save, cancel);
+  view.textNode.hidden = true;
+  view.body.append(editor);
+  area.focus();
+  const close = () => {
+    editor.remove();
+    view.textNode.hidden = false;
+  };
+  cancel.addEventListener("click", close);
+  save.addEventListener("click", () => {
+    const content = area.value.trim();
+    if (!content) return;
+    close();
+    request({ type: "edit", message: view.id, content });
+  });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      close();
+    }
   });
 }
 
-form.addEventListener("submit", (e) => {
-  e.preventDefault();
-  const content = input.value.trim();
-  if (!content) return;
-  send({ type: "send", id: crypto.randomUUID(), conversation, content, model: modelSelect.value });
-  input.value = "";
+function flash(node, text) {
+  const previous = node.textContent;
+  node.textContent = text;
+  setTimeout(() => (node.textContent = previous), 1200);
+}
+
+ui.older.addEventListener("click", loadOlder);
+function loadOlder() {
+  const first = ui.messages.querySelector(".message[data-id]");
+  const view = first && state.views.get(first.dataset.id);
+  if (!view || state.loadingOlder || !state.hasMore) return;
+  state.loadingOlder = true;
+  connection.send({ type: "older", conversation: state.conversation, before: view.seq });
+}
+
+// Follow the answer while the reader is at the bottom; once they scroll up, leave them there and offer a jump.
+ui.transcript.addEventListener("scroll", () => {
+  const distance = ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight;
+  state.follow = distance < 48;
+  if (state.follow) ui.jump.hidden = true;
+  if (ui.transcript.scrollTop < 200 && state.hasMore) loadOlder();
 });
-input.addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && !e.shiftKey) {
-    e.preventDefault();
-    form.requestSubmit();
+ui.jump.addEventListener("click", () => {
+  state.follow = true;
+  scrollToEnd(true);
+  ui.input.focus();
+});
+
+let scrollQueued = false;
+function scrollToEnd(force = false) {
+  if (force) state.follow = true;
+  if (!state.follow) {
+    ui.jump.hidden = false;
+    return;
+  }
+  if (scrollQueued) return;
+  scrollQueued = true;
+  requestAnimationFrame(() => {
+    scrollQueued = false;
+    if (state.follow) ui.transcript.scrollTop = ui.transcript.scrollHeight;
+  });
+}
+
+// --- The composer -------------------------------------------------------------------------------------
+
+function options() {
+  const frame = { model: ui.model.value, system: ui.system.value };
+  if (ui.temperature.value !== "") frame.temperature = Number(ui.temperature.value);
+  return frame;
+}
+
+function showConversationSettings(conversation) {
+  if (conversation.model && [...ui.model.options].some((option) => option.value === conversation.model)) {
+    ui.model.value = conversation.model;
+  }
+  ui.temperature.value = conversation.temperature ?? "";
+  ui.system.value = conversation.system || "";
+}
+
+/** Sends a request that creates rows; it is retried with the same id after a reconnect until answered. */
+function request(frame) {
+  const full = { ...frame, ...options(), id: crypto.randomUUID() };
+  const sent = connection.send(full, { remember: true });
+  if (!sent) showHint("Not connected: it will be sent when the connection is back.");
+  return full;
+}
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const content = ui.input.value.trim();
+  if (!content || state.streaming) return;
+  if (content.length > config.maxContent) {
+    showHint(`A message can have at most ${config.maxContent} characters.`, true);
+    return;
+  }
+  const frame = request({ type: "send", conversation: state.conversation, content });
+  const view = new MessageView({ id: frame.id, role: "user", content, status: connection.ready ? "sending" : "queued" }, config);
+  state.pending.set(frame.id, view);
+  ui.messages.append(view.node);
+  ui.input.value = "";
+  autosize();
+  refresh();
+  scrollToEnd(true);
+});
+
+ui.input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.composer.requestSubmit();
   }
 });
-stopButton.addEventListener("click", () => streaming && send({ type: "cancel", message: streaming }));
+ui.input.addEventListener("input", () => {
+  autosize();
+  refresh();
+});
+function autosize() {
+  ui.input.style.height = "auto";
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight, 240)}px`;
+}
 
-connect();
+function stop() {
+  if (state.streaming) connection.send({ type: "cancel", message: state.streaming });
+}
+ui.stop.addEventListener("click", stop);
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && state.streaming && !ui.confirmDelete.open) {
+    event.preventDefault();
+    stop();
+  }
+});
+
+// --- Shared state on screen ---------------------------------------------------------------------------
+
+function refresh() {
+  const views = [...state.views.values()];
+  const answers = views.filter((view) => view.role === "assistant" && view.node.isConnected);
+  state.streaming = answers.find((view) => view.status === "streaming")?.id ?? null;
+  ui.stop.hidden = !state.streaming;
+  ui.send.hidden = Boolean(state.streaming);
+  ui.send.disabled = !ui.input.value.trim();
+  const nodes = [...ui.messages.querySelectorAll(".message.assistant")];
+  const latest = nodes.length ? state.views.get(nodes[nodes.length - 1].dataset.id) : null;
+  for (const view of answers) view.setLatest(view === latest && !state.streaming);
+  ui.welcome.hidden = state.views.size > 0 || state.pending.size > 0;
+  if (state.streaming) showHint("Writing… press Esc or Stop to stop.");
+  else if (!ui.hint.classList.contains("problem")) showHint("");
+}
+
+function showHint(text, problem = false) {
+  ui.hint.textContent = text;
+  ui.hint.classList.toggle("problem", problem);
+  if (problem) setTimeout(() => ui.hint.textContent === text && showHint(""), 8000);
+}
+
+function showConnection(kind, delay) {
+  ui.app.dataset.state = kind;
+  const texts = {
+    connected: "Connected",
+    reconnecting: `Reconnecting in ${Math.ceil((delay || 0) / 1000)} s…`,
+    offline: "Offline — waiting for the network",
+  };
+  ui.connection.textContent = texts[kind];
+  for (const view of state.pending.values()) view.setStatus(kind === "connected" ? "sending" : "queued");
+}
+
+function announce(text) {
+  if (text) ui.announcer.textContent = text;
+}
+
+showConversationSettings({ model: config.models[0], temperature: null, system: "" });
+connection.connect();
+refresh();
+// Exposed for tests and the screenshot script: the page's own view of its state.
+window.chat = { state, connection };

@@ -1,0 +1,275 @@
+"""An OpenAI-compatible endpoint: `POST /v1/chat/completions` (streaming or not) and `GET /v1/models`.
+
+Programs written for OpenAI's API (its SDKs included) work unchanged with a personal API token as the key.
+Each request runs through the same engine as the chat and is recorded as a conversation the user and staff
+can see: its system messages become the system prompt, the earlier turns its history, the last user message
+and the answer its last turn. Errors take OpenAI's shape (our `code`, plus `type` and `param`), so the SDKs
+raise their own exception types: 401 AuthenticationError, 400 BadRequestError, 429 RateLimitError, …
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import renderers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from conversations import selectors
+from conversations.errors import InvalidRequest
+from conversations.models import Message
+from conversations.services import GenerationOptions
+from streaming import protocol
+from streaming.protocol import ProtocolError
+from streaming.services import chat_import
+
+from .authentication import ApiTokenAuthentication
+from .base import AsyncAPIView
+from .errors import ApiError, error_body
+from .streams import KEEPALIVE, AnswerStream, detached, sse_json
+from .views import _client_id, _flag, _object
+
+ROLES = {"system", "developer", "user", "assistant"}
+# The HTTP status of a completion whose answer failed, by the answer's error code; 502 for the others (the
+# model server failed, not the client).
+FAILURE_STATUS = {
+    "rate_limited": 429,
+    "cancelled": 409,
+    "max_duration": 504,
+    "upstream_stalled": 504,
+    "interrupted": 503,
+    "internal_error": 500,
+}
+
+
+@dataclass(frozen=True)
+class Completion:
+    system: str
+    history: list[tuple[str, str]]
+    content: str
+    options: GenerationOptions
+    stream: bool
+    include_usage: bool
+
+
+def _text(content: Any, field: str) -> str:
+    """A message's text: a string, or OpenAI's list of content parts of which only text is supported."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(part, dict) and part.get("type") == "text" for part in content):
+        texts = [part.get("text") for part in content]
+        if all(isinstance(text, str) for text in texts):
+            return "".join(str(text) for text in texts)
+    raise InvalidRequest(f"'{field}' must be a string or a list of text parts.", field=field)
+
+
+def parse_completion(body: dict[str, Any]) -> Completion:
+    """A chat completion request, checked with the chat's own rules (models, limits); unknown fields are ignored."""
+    if not isinstance(body.get("model"), str):
+        raise InvalidRequest("'model' is required.", field="model")
+    for unsupported in ("tools", "functions"):
+        if body.get(unsupported):
+            raise InvalidRequest(f"'{unsupported}' is not supported by this server.", field=unsupported)
+    if body.get("n", 1) != 1:
+        raise InvalidRequest("Only one choice ('n': 1) is supported.", field="n")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    options = protocol.parse_options(
+        {"model": body["model"], "temperature": body.get("temperature"), "max_tokens": max_tokens}
+    )
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty list.", field="messages")
+    system: list[str] = []
+    turns: list[tuple[str, str]] = []
+    for index, message in enumerate(messages):
+        field = f"messages[{index}]"
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ROLES:
+            raise InvalidRequest(f"'{field}.role' must be one of: {', '.join(sorted(ROLES))}.", field=f"{field}.role")
+        text = _text(message.get("content"), f"{field}.content")
+        if role in ("system", "developer"):
+            system.append(text)
+        else:
+            turns.append((str(role), text))
+    if not turns or turns[-1][0] != Message.Role.USER:
+        raise InvalidRequest("The last message must be a user message.", field=f"messages[{len(messages) - 1}]")
+    try:
+        content = protocol.parse_content({"content": turns[-1][1]})
+    except ProtocolError as exc:
+        raise ProtocolError(exc.code, exc.message, field=f"messages[{len(messages) - 1}].content") from None
+    system_prompt = "\n\n".join(system)
+    if len(system_prompt) > protocol.MAX_SYSTEM_CHARS:
+        raise InvalidRequest(
+            f"System messages are limited to {protocol.MAX_SYSTEM_CHARS} characters.", field="messages"
+        )
+    stream_options = body.get("stream_options") or {}
+    return Completion(
+        system=system_prompt,
+        history=turns[:-1],
+        content=content,
+        options=options,
+        stream=_flag(body, "stream"),
+        include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+    )
+
+
+def _failure(status: str, error: dict[str, str] | None) -> ApiError:
+    code = error["code"] if error else status
+    message = error["message"] if error else "The answer was stopped before it was finished."
+    return ApiError(code, message, status=FAILURE_STATUS.get(code, 502))
+
+
+class _Envelope:
+    """The fields every chunk and completion of one answer repeats."""
+
+    def __init__(self, answer: Message) -> None:
+        self.id = f"chatcmpl-{answer.pk.hex}"
+        self.created = int(answer.created_at.timestamp())
+        self.model = answer.model
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self.data({"choices": [choice]})
+
+    def usage_chunk(self, usage: dict[str, int] | None) -> bytes:
+        return self.data({"choices": [], "usage": usage})
+
+    def data(self, fields: dict[str, Any]) -> bytes:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+        return f"data: {sse_json({**body, 'system_fingerprint': None, **fields})}\n\n".encode()
+
+    def completion(self, answer: Message) -> dict[str, Any]:
+        message = {"role": "assistant", "content": answer.content, "refusal": None}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason or "stop"}
+            ],
+            "usage": protocol.usage_payload(answer),
+        }
+
+
+class ChatCompletionsView(AsyncAPIView):
+    authentication_classes = [ApiTokenAuthentication]
+    renderer_classes = [renderers.JSONRenderer]
+    openai_errors = True
+
+    @extend_schema(
+        summary="OpenAI-compatible chat completion (streaming or not)",
+        description="OpenAI's request and response bodies; see https://platform.openai.com/docs/api-reference/chat.",
+        request=OpenApiTypes.OBJECT,
+        responses={(200, "application/json"): OpenApiTypes.OBJECT, (200, "text/event-stream"): OpenApiTypes.STR},
+        tags=["openai"],
+    )
+    async def post(self, request: Request) -> Any:
+        completion = parse_completion(_object(request.data))
+        client_id = _client_id(request, {})
+        follower = await AnswerStream().open()
+        try:
+            await detached(
+                chat_import(
+                    user=request.user,
+                    client_id=client_id,
+                    system=completion.system,
+                    history=completion.history,
+                    content=completion.content,
+                    options=completion.options,
+                    before_start=lambda turn: follower.join(turn, None),
+                )
+            )
+            if completion.stream:
+                return await self._stream(request, follower, include_usage=completion.include_usage)
+            await follower.wait()
+        except BaseException:
+            await follower.close()
+            raise
+        await follower.close()
+        answer = await database_sync_to_async(selectors.message_get_for_user)(
+            user=request.user, message_id=follower.answer
+        )
+        if answer.status != Message.Status.COMPLETE:
+            raise _failure(answer.status, protocol.error_payload(answer.error_code, answer.error_message))
+        return self._located(Response(_Envelope(answer).completion(answer)), answer)
+
+    async def _stream(self, request: Request, follower: AnswerStream, *, include_usage: bool) -> StreamingHttpResponse:
+        """Waits for the answer's first text (or its end) before answering, so that a failure before the first
+        token is an HTTP error the SDKs raise as their own exceptions, as OpenAI's API does."""
+        events = follower.events(settings.API_KEEPALIVE_SECONDS)
+        held: list[dict[str, Any]] = []
+        async for event in events:
+            if event is None or event["type"] == "message":
+                continue
+            held.append(event)
+            if event["type"] == "done" and event["status"] != Message.Status.COMPLETE:
+                raise _failure(event["status"], event.get("error"))
+            if event["type"] in ("delta", "done"):
+                break
+        answer = await database_sync_to_async(selectors.message_get_for_user)(
+            user=request.user, message_id=follower.answer
+        )
+        body = _chunks(follower, events, held, _Envelope(answer), include_usage=include_usage)
+        response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return self._located(response, answer)
+
+    def _located(self, response: Any, answer: Message) -> Any:
+        # Where the request was recorded, for the REST API (GET /api/v1/conversations/<id>/messages/).
+        response["X-Conversation-Id"] = str(answer.conversation_id)
+        response["X-Message-Id"] = str(answer.pk)
+        return response
+
+
+async def _chunks(
+    follower: AnswerStream,
+    events: AsyncIterator[dict[str, Any] | None],
+    held: list[dict[str, Any]],
+    envelope: _Envelope,
+    *,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    async def all_events() -> AsyncIterator[dict[str, Any] | None]:
+        for held_event in held:
+            yield held_event
+        async for event in events:
+            yield event
+
+    try:
+        yield envelope.chunk({"role": "assistant", "content": ""})
+        async for event in all_events():
+            if event is None:
+                yield KEEPALIVE
+            elif event["type"] == "delta" and event["message"] == follower.answer and event["text"]:
+                yield envelope.chunk({"content": event["text"]})
+            elif event["type"] == "done" and event["message"] == follower.answer:
+                if event["status"] != Message.Status.COMPLETE:
+                    failure = _failure(event["status"], event.get("error"))
+                    yield envelope.data(error_body(failure.code, failure.message, status=failure.status, openai=True))
+                    return
+                yield envelope.chunk({}, event.get("finish_reason") or "stop")
+                if include_usage:
+                    yield envelope.usage_chunk(event.get("usage"))
+                yield b"data: [DONE]\n\n"
+                return
+    finally:
+        await follower.close()
+
+
+class ModelListView(APIView):
+    authentication_classes = [ApiTokenAuthentication]
+    openai_errors = True
+
+    @extend_schema(summary="OpenAI-compatible list of models", responses={200: OpenApiTypes.OBJECT}, tags=["openai"])
+    def get(self, request: Request) -> Response:
+        models = [{"id": model, "object": "model", "created": 0, "owned_by": "system"} for model in settings.LLM_MODELS]
+        return Response({"object": "list", "data": models})

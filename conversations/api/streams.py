@@ -1,0 +1,182 @@
+"""Answers followed over HTTP: one `Watcher` per response, and the event-stream (SSE) encoding of its events.
+
+An HTTP client is one more watcher of a generation, like a WebSocket: it gets its own layer channel, a
+`Watcher` on it turns the lossy layer events into an exact stream (trimmed by offset, gaps resumed, the end
+read from the database), and the events are the WebSocket's (`message`, `delta`, `tool_calls`, `done`). When
+the client goes away only the watcher stops: the generation runs on until it ends or is cancelled.
+"""
+
+import asyncio
+import contextvars
+import json
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
+from django.http import StreamingHttpResponse
+
+from conversations import selectors
+from conversations.models import Message
+from conversations.services import Turn, User
+from streaming.engine import cancel_firmly
+from streaming.protocol import ProtocolError
+from streaming.watch import Watcher
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+KEEPALIVE = b": keep-alive\n\n"
+_detached: set["asyncio.Task[Any]"] = set()
+
+
+async def detached(action: Coroutine[Any, Any, T]) -> T:
+    """Runs a chat action that may start a generation, as a WebSocket consumer would.
+
+    Django runs each request in an asgiref ThreadSensitiveContext. A task created inside inherits it, so a
+    generation started from a request would do its database work on that request's private thread (and, once
+    the request is over, on a new thread of its own) instead of the process's shared one. A fresh context
+    starts it as a socket does. The action is shielded: a client leaving mid-way does not cut it between its
+    write and the start of the generation.
+    """
+    task = asyncio.create_task(action, context=contextvars.Context())
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+    return await asyncio.shield(task)
+
+
+class AnswerStream:
+    """One HTTP client following one answer: a layer channel of its own, a Watcher on it, and a queue of what
+    the Watcher emits. `offset` is how much of the answer the client has been given, the `id:` of each event."""
+
+    def __init__(self) -> None:
+        self.layer: BaseChannelLayer = get_channel_layer()
+        self.channel = ""
+        self.answer = ""  # the message whose `done` ends the stream
+        self.offset = 0
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._receiver: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def open(self) -> "AnswerStream":
+        self.channel = await self.layer.new_channel()
+        self.watcher = Watcher(channel_name=self.channel, emit=self._queue.put)
+        return self
+
+    async def join(self, turn: Turn, ref: str | None) -> None:
+        """The `before_start` of a chat action: announces the turn's rows and follows its answer."""
+        self.answer = str(turn.assistant_message.pk)
+        await self.watcher.join(turn, ref)
+
+    async def resume(self, *, user: User, message_id: str, offset: int) -> None:
+        """Follows a message from `offset`: the rest of a finished one, or the live text of one being written."""
+        get = database_sync_to_async(selectors.message_get_for_user)
+        message: Message = await get(user=user, message_id=message_id)
+        await self.watcher.follow(str(message.conversation_id))
+        # Read again once subscribed, so an answer that ended in between is seen as ended.
+        message = await get(user=user, message_id=message_id)
+        self.answer, self.offset = str(message.pk), offset
+        self.watcher.mark_announced(self.answer)
+        if message.status == Message.Status.STREAMING:
+            await self.watcher.watch(self.answer, offset, offset)
+        elif offset > len(message.content):
+            raise ProtocolError(
+                "invalid_offset", f"The message has only {len(message.content)} characters.", field="offset"
+            )
+        else:
+            await self.watcher.send_final(message, offset)
+
+    async def watch_until_done(self, message: Message) -> None:
+        """Follows a message being written (already subscribed to its conversation) only to see it end."""
+        self.answer = str(message.pk)
+        self.watcher.mark_announced(self.answer)
+        await self.watcher.watch(self.answer, len(message.content), len(message.content), ask=False)
+
+    async def events(self, keepalive: float) -> AsyncIterator[dict[str, Any] | None]:
+        """The client's events up to the answer's `done`, and None after each `keepalive` seconds without one."""
+        if self._receiver is None:
+            self._receiver = asyncio.create_task(self._receive())
+        while True:
+            try:
+                async with asyncio.timeout(keepalive):
+                    event = await self._queue.get()
+            except TimeoutError:
+                yield None
+                continue
+            self._advance(event)
+            yield event
+            if event["type"] == "done" and event["message"] == self.answer:
+                return
+
+    async def wait(self) -> None:
+        """Waits for the answer's `done`, discarding the events before it."""
+        async for _ in self.events(settings.API_KEEPALIVE_SECONDS):
+            pass
+
+    def _advance(self, event: dict[str, Any]) -> None:
+        if event["type"] == "delta" and event["message"] == self.answer:
+            self.offset = event["offset"] + len(event["text"])
+        elif event["type"] == "message" and event["message"]["id"] == self.answer:
+            self.offset = len(event["message"]["content"])
+
+    async def _receive(self) -> None:
+        while not self._closed:
+            try:
+                event = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("event stream receive failed", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            try:
+                await self.watcher.dispatch(event)
+            except Exception:
+                log.warning("event stream dispatch failed", exc_info=True, extra={"kind": event.get("type")})
+
+    async def close(self) -> None:
+        """Stops watching (the generation goes on). Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._receiver is not None:
+            # A cancelled channel-layer receive can swallow the cancellation on Python 3.11: insist.
+            cancel_firmly(self._receiver)
+        await self.watcher.close()
+
+
+# Only CR and LF end a line of an event stream, but many clients split lines like `str.splitlines()` (httpx's
+# `iter_lines`, for one), which also breaks at these characters: JSON leaves them raw, so they are escaped.
+_LINE_BREAKERS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def sse_json(value: Any) -> str:
+    """JSON for a `data:` line: UTF-8 as is, except what some clients would take for a line break."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKERS)
+
+
+def sse_event(event: dict[str, Any], event_id: int) -> bytes:
+    """One server-sent event: `id` is the answer's length the client then has (send it back as Last-Event-ID)."""
+    return f"id: {event_id}\nevent: {event['type']}\ndata: {sse_json(event)}\n\n".encode()
+
+
+async def _sse_body(stream: AnswerStream) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        async for event in stream.events(settings.API_KEEPALIVE_SECONDS):
+            yield KEEPALIVE if event is None else sse_event(event, stream.offset)
+        finished = True
+    finally:
+        if not finished:
+            log.info("event stream closed before the end of the answer", extra={"message_id": stream.answer})
+        await stream.close()
+
+
+def sse_response(stream: AnswerStream) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(_sse_body(stream), content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    # nginx buffers proxied responses unless told not to, which would hold every token back.
+    response["X-Accel-Buffering"] = "no"
+    return response

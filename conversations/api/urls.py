@@ -1,0 +1,33 @@
+"""Routes of the REST API (mounted at /api/v1/) and of the OpenAI-compatible endpoint (mounted at /v1/).
+
+Ids are taken as strings: a malformed id is "not found" in the API's JSON, exactly like someone else's.
+"""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from . import docs, openai_compat, views
+
+urlpatterns = [
+    path("conversations/", views.ConversationListView.as_view(), name="api-conversations"),
+    path("conversations/<str:conversation_id>/", views.ConversationDetailView.as_view(), name="api-conversation"),
+    path(
+        "conversations/<str:conversation_id>/messages/",
+        views.MessageListView.as_view(),
+        name="api-conversation-messages",
+    ),
+    path("messages/<str:message_id>/", views.MessageDetailView.as_view(), name="api-message"),
+    path("messages/<str:message_id>/stream/", views.MessageStreamView.as_view(), name="api-message-stream"),
+    path("messages/<str:message_id>/cancel/", views.MessageCancelView.as_view(), name="api-message-cancel"),
+    path("messages/<str:message_id>/feedback/", views.MessageFeedbackView.as_view(), name="api-message-feedback"),
+    path("models/", views.ModelsView.as_view(), name="api-models"),
+    path("tokens/", views.TokenListView.as_view(), name="api-tokens"),
+    path("tokens/<str:token_id>/", views.TokenDetailView.as_view(), name="api-token"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", docs.api_docs, name="api-docs"),
+]
+
+openai_urlpatterns = [
+    path("chat/completions", openai_compat.ChatCompletionsView.as_view(), name="openai-chat-completions"),
+    path("models", openai_compat.ModelListView.as_view(), name="openai-models"),
+]

@@ -1,0 +1,424 @@
+"""The REST API (`/api/v1/`): conversations, messages, answers streamed as server-sent events, API tokens.
+
+Views translate HTTP to the services and selectors the WebSocket uses and build their bodies with the
+WebSocket's payloads (`streaming.protocol`); nothing here decides anything the chat protocol does not.
+"""
+
+import asyncio
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import permissions, renderers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from conversations import selectors, services
+from conversations.errors import InvalidRequest
+from conversations.models import ApiToken, Message
+from conversations.services import GenerationOptions
+from streaming import protocol
+from streaming.services import chat_cancel, chat_delete, chat_send
+
+from . import schemas
+from .base import AsyncAPIView
+from .streams import AnswerStream, detached, sse_json, sse_response
+
+# How long POST …/cancel/ waits for the answer to end before answering 202 with it still `streaming`.
+CANCEL_WAIT_SECONDS = 10.0
+CONVERSATION_PAGE = 20
+MESSAGE_PAGE = 50
+MAX_PAGE = 100
+
+ERRORS = {
+    400: OpenApiResponse(schemas.ErrorSchema, description="invalid_request, invalid_json, content_too_long, …"),
+    401: OpenApiResponse(schemas.ErrorSchema, description="not_authenticated, authentication_failed"),
+    404: OpenApiResponse(schemas.ErrorSchema, description="not_found: missing, or someone else's"),
+}
+
+
+class EventStreamRenderer(renderers.BaseRenderer):
+    """Lets a client that accepts only `text/event-stream` reach the streaming views; their errors then come as
+    one protocol `error` event (with the HTTP status), the rest of their answers are streamed directly."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        error = data.get("error") if isinstance(data, dict) else None
+        event = {"type": "error", **error} if isinstance(error, dict) else data
+        return f"event: error\ndata: {sse_json(event)}\n\n".encode()
+
+
+class SessionOnly(permissions.BasePermission):
+    """Tokens are managed from a logged-in session: a token cannot mint or revoke tokens."""
+
+    message = "API tokens are managed from a logged-in browser session, not with a token."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return request.auth is None
+
+
+# --- request parsing (the protocol's own checks, plus what only HTTP has) ---------------------------------------
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return data
+
+
+def _title(data: dict[str, Any]) -> str | None:
+    title = data.get("title")
+    if title is not None and (not isinstance(title, str) or len(title) > services.TITLE_MAX_LENGTH):
+        raise InvalidRequest(
+            f"'title' must be a string of at most {services.TITLE_MAX_LENGTH} characters.", field="title"
+        )
+    return title.strip() if title is not None else None
+
+
+def _flag(data: dict[str, Any], field: str) -> bool:
+    value = data.get(field, False)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{field}' must be true or false.", field=field)
+    return value
+
+
+def _client_id(request: Request, data: dict[str, Any]) -> str:
+    """The idempotency key: the `Idempotency-Key` header or the `client_id` field (the WebSocket's `id`)."""
+    keys = {"Idempotency-Key": request.headers.get("Idempotency-Key"), "client_id": data.get("client_id")}
+    for field, key in keys.items():
+        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= protocol.MAX_ID_LENGTH):
+            raise InvalidRequest(
+                f"'{field}' must be a string of 1 to {protocol.MAX_ID_LENGTH} characters.", field=field
+            )
+    header, body = keys["Idempotency-Key"], keys["client_id"]
+    if header is not None and body is not None and header != body:
+        raise InvalidRequest("'client_id' and the Idempotency-Key header differ.", field="client_id")
+    # Without a key a send is not idempotent; the random one only fills the column.
+    return str(header or body or uuid.uuid4().hex)
+
+
+def _query_int(request: Request, name: str, *, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be an integer from {low} to {high}.", field=name)
+    return value
+
+
+def _resume_offset(request: Request) -> int:
+    """Where a client resumes: `Last-Event-ID` (what an EventSource sends back), else `?offset=`, else 0."""
+    field, raw = "Last-Event-ID", request.headers.get("Last-Event-ID")
+    if raw is None:
+        field, raw = "offset", request.query_params.get("offset", "0")
+    if not raw.isdigit():
+        raise InvalidRequest(f"'{field}' must be a non-negative integer (an offset into the message).", field=field)
+    return int(raw)
+
+
+# --- conversations ------------------------------------------------------------------------------------------
+
+
+class ConversationListView(APIView):
+    @extend_schema(
+        operation_id="conversations_list",
+        summary="List conversations, most recently active first",
+        parameters=[
+            OpenApiParameter("search", str, description="Matches titles and message texts."),
+            OpenApiParameter("offset", int),
+            OpenApiParameter("limit", int, description=f"1 to {MAX_PAGE}, default {CONVERSATION_PAGE}."),
+        ],
+        responses={200: schemas.ConversationPageSchema, **ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        query = request.query_params.get("search", "").strip()[:200]
+        offset = _query_int(request, "offset", default=0, low=0, high=2**31) or 0
+        limit = _query_int(request, "limit", default=CONVERSATION_PAGE, low=1, high=MAX_PAGE) or CONVERSATION_PAGE
+        page, has_more = selectors.conversation_list_for_user(
+            user=request.user, query=query, offset=offset, limit=limit
+        )
+        return Response(
+            {
+                "results": [protocol.conversation_payload(conversation, live=live) for conversation, live in page],
+                "has_more": has_more,
+                "next_offset": offset + limit if has_more else None,
+            }
+        )
+
+    @extend_schema(
+        summary="Create an empty conversation",
+        request=schemas.ConversationWriteSchema,
+        responses={201: schemas.ConversationSchema, **ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        data = _object(request.data)
+        conversation = services.conversation_create(
+            user=request.user, title=_title(data) or "", options=protocol.parse_options(data)
+        )
+        return Response(protocol.conversation_payload(conversation), status=201)
+
+
+class ConversationDetailView(AsyncAPIView):
+    @extend_schema(
+        operation_id="conversations_get",
+        summary="Get a conversation",
+        responses={200: schemas.ConversationSchema, **ERRORS},
+    )
+    async def get(self, request: Request, conversation_id: str) -> Response:
+        conversation = await database_sync_to_async(selectors.conversation_get_for_user)(
+            user=request.user, conversation_id=conversation_id
+        )
+        return Response(protocol.conversation_payload(conversation))
+
+    @extend_schema(
+        summary="Change a conversation's title, model, temperature or system prompt",
+        description="Absent or null fields keep their value; the settings apply from the next answer on.",
+        request=schemas.ConversationWriteSchema,
+        responses={200: schemas.ConversationSchema, **ERRORS},
+    )
+    async def patch(self, request: Request, conversation_id: str) -> Response:
+        data = _object(request.data)
+        conversation = await database_sync_to_async(services.conversation_update)(
+            user=request.user, conversation_id=conversation_id, title=_title(data), options=protocol.parse_options(data)
+        )
+        return Response(protocol.conversation_payload(conversation))
+
+    @extend_schema(
+        summary="Delete a conversation (an answer being written in it is stopped)",
+        responses={204: None, **ERRORS},
+    )
+    async def delete(self, request: Request, conversation_id: str) -> Response:
+        await chat_delete(user=request.user, conversation_id=conversation_id)
+        return Response(status=204)
+
+
+# --- messages and answers -----------------------------------------------------------------------------------
+
+
+class MessageListView(AsyncAPIView):
+    renderer_classes = [renderers.JSONRenderer, EventStreamRenderer]
+
+    @extend_schema(
+        summary="List a conversation's messages (the live transcript), a page at a time",
+        description="Without `before`: the latest page. Each page is oldest first; `next_before` asks for older.",
+        parameters=[
+            OpenApiParameter("before", int, description="Only messages with a smaller `seq`."),
+            OpenApiParameter("limit", int, description=f"1 to {MAX_PAGE}, default {MESSAGE_PAGE}."),
+        ],
+        responses={200: schemas.MessagePageSchema, **ERRORS},
+    )
+    async def get(self, request: Request, conversation_id: str) -> Response:
+        before = _query_int(request, "before", default=None, low=1, high=2**31)
+        limit = _query_int(request, "limit", default=MESSAGE_PAGE, low=1, high=MAX_PAGE) or MESSAGE_PAGE
+
+        def page() -> tuple[list[Message], bool]:
+            conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+            return selectors.conversation_messages_page(conversation=conversation, before=before, limit=limit)
+
+        messages, has_more = await database_sync_to_async(page)()
+        return Response(
+            {
+                "results": [protocol.message_payload(message) for message in messages],
+                "has_more": has_more,
+                "next_before": messages[0].seq if has_more and messages else None,
+            }
+        )
+
+    @extend_schema(
+        summary="Send a message and get the answer, streamed or whole",
+        description=(
+            "`stream: true` answers `text/event-stream`: `message` (yours), `message` (the answer), `delta`s, "
+            "`done`; each event's `id` is the answer's length so far, for `Last-Event-ID`. `stream: false` waits "
+            "and returns the finished answer. A repeated idempotency key returns the first attempt's answer."
+        ),
+        request=schemas.SendSchema,
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+        responses={
+            (200, "application/json"): schemas.MessageSchema,
+            (200, "text/event-stream"): OpenApiTypes.STR,
+            409: OpenApiResponse(schemas.ErrorSchema, description="conversation_busy"),
+            429: OpenApiResponse(schemas.ErrorSchema, description="too_many_generations, quota_exceeded"),
+            **ERRORS,
+        },
+    )
+    async def post(self, request: Request, conversation_id: str) -> Any:
+        data = _object(request.data)
+        content, options = protocol.parse_content(data), protocol.parse_options(data)
+        stream, client_id = _flag(data, "stream"), _client_id(request, data)
+        return await _answer(
+            request,
+            stream=stream,
+            client_id=client_id,
+            conversation_id=conversation_id,
+            content=content,
+            options=options,
+        )
+
+
+async def _answer(
+    request: Request, *, stream: bool, client_id: str, conversation_id: str, content: str, options: GenerationOptions
+) -> Any:
+    """Sends, then streams the answer (the response owns the follower from then on) or waits for its end.
+
+    The follower subscribes in `before_start`, before the generation starts, so it misses nothing.
+    """
+    follower = await AnswerStream().open()
+    try:
+        await detached(
+            chat_send(
+                user=request.user,
+                client_id=client_id,
+                conversation_id=conversation_id,
+                content=content,
+                options=options,
+                before_start=lambda turn: follower.join(turn, client_id),
+            )
+        )
+        if stream:
+            return sse_response(follower)
+        await follower.wait()
+    except BaseException:
+        await follower.close()
+        raise
+    await follower.close()
+    answer = await database_sync_to_async(selectors.message_get_for_user)(user=request.user, message_id=follower.answer)
+    return Response(protocol.message_payload(answer))
+
+
+class MessageDetailView(APIView):
+    @extend_schema(summary="Get a message", responses={200: schemas.MessageSchema, **ERRORS})
+    def get(self, request: Request, message_id: str) -> Response:
+        message = selectors.message_get_for_user(user=request.user, message_id=message_id)
+        return Response(protocol.message_payload(message))
+
+
+class MessageStreamView(AsyncAPIView):
+    renderer_classes = [renderers.JSONRenderer, EventStreamRenderer]
+
+    @extend_schema(
+        summary="Stream a message from an offset (resume)",
+        description=(
+            "The text from `Last-Event-ID` (or `?offset=`) on, exactly once: for an answer being written, a "
+            "`delta` with what it has, then live `delta`s and `done`; for a finished message, the rest and `done`."
+        ),
+        parameters=[
+            OpenApiParameter("offset", int),
+            OpenApiParameter("Last-Event-ID", int, OpenApiParameter.HEADER, description="Wins over `offset`."),
+        ],
+        responses={(200, "text/event-stream"): OpenApiTypes.STR, **ERRORS},
+    )
+    async def get(self, request: Request, message_id: str) -> Any:
+        offset = _resume_offset(request)
+        follower = await AnswerStream().open()
+        try:
+            await follower.resume(user=request.user, message_id=message_id, offset=offset)
+        except BaseException:
+            await follower.close()
+            raise
+        return sse_response(follower)
+
+
+class MessageCancelView(AsyncAPIView):
+    @extend_schema(
+        summary="Stop an answer being written",
+        description=(
+            "Closes the upstream request wherever the answer runs and keeps the text so far. Answers 200 with "
+            f"the answer once it has ended (at once, normally), or 202 if it has not within {CANCEL_WAIT_SECONDS:g} s."
+        ),
+        request=None,
+        responses={200: schemas.MessageSchema, 202: schemas.MessageSchema, **ERRORS},
+    )
+    async def post(self, request: Request, message_id: str) -> Response:
+        get = database_sync_to_async(selectors.message_get_for_user)
+        message = await get(user=request.user, message_id=message_id)
+        follower = await AnswerStream().open()
+        try:
+            # Subscribed before the cancel, so its `done` cannot slip by.
+            await follower.watcher.follow(str(message.conversation_id))
+            message = await chat_cancel(user=request.user, message_id=message_id)
+            if message.status == Message.Status.STREAMING:
+                await follower.watch_until_done(message)
+                try:
+                    async with asyncio.timeout(CANCEL_WAIT_SECONDS):
+                        await follower.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            await follower.close()
+        message = await get(user=request.user, message_id=message_id)
+        ended = message.status != Message.Status.STREAMING
+        return Response(protocol.message_payload(message), status=200 if ended else 202)
+
+
+class MessageFeedbackView(APIView):
+    @extend_schema(
+        summary="Rate an answer (thumbs up or down), or clear the rating with null",
+        request=schemas.FeedbackSchema,
+        responses={200: schemas.MessageSchema, **ERRORS},
+    )
+    def post(self, request: Request, message_id: str) -> Response:
+        data = _object(request.data)
+        value = data.get("feedback")
+        if value not in ("up", "down", None):
+            raise InvalidRequest('\'feedback\' must be "up", "down" or null.', field="feedback")
+        message = services.message_set_feedback(user=request.user, message_id=message_id, value=value or "")
+        return Response(protocol.message_payload(message))
+
+
+class ModelsView(APIView):
+    @extend_schema(summary="The models a conversation may use", responses={200: schemas.ModelsSchema, **ERRORS})
+    def get(self, request: Request) -> Response:
+        return Response({"models": settings.LLM_MODELS, "simulator": protocol.using_simulator()})
+
+
+# --- API tokens ---------------------------------------------------------------------------------------------
+
+
+def _token_payload(token: ApiToken) -> dict[str, Any]:
+    return {
+        "id": token.pk,
+        "name": token.name,
+        "prefix": token.prefix,
+        "created_at": token.created_at.isoformat(),
+        "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+    }
+
+
+class TokenListView(APIView):
+    permission_classes = [permissions.IsAuthenticated, SessionOnly]
+
+    @extend_schema(summary="List your API tokens (never their keys)", responses={200: schemas.TokenSchema(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response([_token_payload(token) for token in selectors.api_token_list_for_user(user=request.user)])
+
+    @extend_schema(
+        summary="Create an API token; its key is in this response only",
+        request=schemas.TokenCreateSchema,
+        responses={201: schemas.TokenCreatedSchema, **ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        name = _object(request.data).get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            raise InvalidRequest("'name' must be a non-blank string of at most 100 characters.", field="name")
+        token, key = services.api_token_create(user=request.user, name=name.strip())
+        return Response({**_token_payload(token), "token": key}, status=201)
+
+
+class TokenDetailView(APIView):
+    permission_classes = [permissions.IsAuthenticated, SessionOnly]
+
+    @extend_schema(summary="Revoke an API token", responses={204: None, **ERRORS})
+    def delete(self, request: Request, token_id: str) -> Response:
+        services.api_token_revoke(user=request.user, token_id=token_id)
+        return Response(status=204)

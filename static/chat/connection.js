@@ -1,0 +1,92 @@
+// The WebSocket to /ws/chat/ (protocol v1, docs/protocol.md): reconnects with exponential backoff and
+// jitter, and re-sends requests that were never acknowledged with their original id, which the server
+// treats as the same request (no second message, no second upstream call).
+
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+const CLOSE_UNAUTHENTICATED = 4401;
+
+export class Connection {
+  constructor({ url, onEvent, onState, onUnauthenticated }) {
+    this.url = url;
+    this.onEvent = onEvent;
+    this.onState = onState;
+    this.onUnauthenticated = onUnauthenticated;
+    this.socket = null;
+    this.ready = false;
+    this.attempt = 0;
+    this.timer = null;
+    // Requests that create rows, by id, until the server answers them (message or error with that ref).
+    this.unacknowledged = new Map();
+    window.addEventListener("online", () => this.reconnectNow());
+    window.addEventListener("offline", () => this.onState("offline"));
+  }
+
+  connect() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    const socket = new WebSocket(this.url);
+    this.socket = socket;
+    socket.addEventListener("message", (message) => this.receive(message));
+    socket.addEventListener("close", (close) => this.closed(socket, close));
+  }
+
+  receive(message) {
+    let event;
+    try {
+      event = JSON.parse(message.data);
+    } catch {
+      return; // the server only sends JSON; anything else is noise
+    }
+    if (event.type === "ready") {
+      this.ready = true;
+      this.attempt = 0;
+      this.onState("connected");
+      this.onEvent(event);
+      for (const frame of this.unacknowledged.values()) this.socket.send(JSON.stringify(frame));
+      return;
+    }
+    if (event.ref && (event.type === "message" || event.type === "error")) this.unacknowledged.delete(event.ref);
+    this.onEvent(event);
+  }
+
+  closed(socket, close) {
+    if (socket !== this.socket) return;
+    this.ready = false;
+    this.socket = null;
+    if (close.code === CLOSE_UNAUTHENTICATED) {
+      this.onUnauthenticated();
+      return;
+    }
+    this.schedule();
+  }
+
+  schedule() {
+    if (!navigator.onLine) {
+      this.onState("offline"); // the "online" event reconnects
+      return;
+    }
+    // Full range jitter around an exponential step, so that a restarted server is not hit by every tab at once.
+    const step = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt);
+    const delay = Math.round(step * (0.5 + Math.random()));
+    this.attempt += 1;
+    this.onState("reconnecting", delay);
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  reconnectNow() {
+    if (this.socket) return;
+    this.attempt = 0;
+    this.connect();
+  }
+
+  /** Sends now if connected; a request with `remember` is kept and re-sent after a reconnect until answered. */
+  send(frame, { remember = false } = {}) {
+    if (remember) this.unacknowledged.set(frame.id, frame);
+    if (this.ready && this.socket.readyState === WebSocket.OPEN) {
+      this.socket.send(JSON.stringify(frame));
+      return true;
+    }
+    return false;
+  }
+}

@@ -1,0 +1,223 @@
+// One message on screen. Offsets count Unicode code points, as the server does (docs/protocol.md).
+//
+// An answer is shown as the HTML of its finished markdown blocks, rendered and sanitized by the server and
+// received once each, followed by its unfinished tail as plain text. Model text never reaches innerHTML:
+// text goes through text nodes, and only server-sanitized HTML goes through the one Trusted Types policy
+// below (the chat page's Content-Security-Policy refuses any other HTML sink).
+
+const html = window.trustedTypes
+  ? window.trustedTypes.createPolicy("chat-html", { createHTML: (sanitized) => sanitized })
+  : { createHTML: (sanitized) => sanitized };
+
+export function codePoints(text) {
+  let count = 0;
+  for (const _ of text) count += 1;
+  return count;
+}
+
+/** `text` without its first `count` code points. */
+export function dropCodePoints(text, count) {
+  let index = 0;
+  while (count > 0 && index < text.length) {
+    const unit = text.charCodeAt(index);
+    const pair = unit >= 0xd800 && unit <= 0xdbff && (text.charCodeAt(index + 1) & 0xfc00) === 0xdc00;
+    index += pair ? 2 : 1;
+    count -= 1;
+  }
+  return text.slice(index);
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function button(label, action, { title, pressed } = {}) {
+  const node = element("button", `action ${action}`, label);
+  node.type = "button";
+  node.dataset.action = action;
+  if (title) {
+    node.title = title;
+    node.setAttribute("aria-label", title);
+  }
+  if (pressed !== undefined) node.setAttribute("aria-pressed", String(pressed));
+  return node;
+}
+
+const STATUS_TEXT = {
+  streaming: "Writing…",
+  cancelled: "Stopped",
+  interrupted: "Interrupted",
+  error: "Failed",
+  sending: "Sending…",
+  queued: "Waiting for the connection…",
+};
+
+export class MessageView {
+  constructor(payload, { simulator }) {
+    this.id = payload.id;
+    this.role = payload.role;
+    this.seq = payload.seq;
+    this.simulator = simulator;
+    this.node = element("article", `message ${payload.role}`);
+    this.node.dataset.id = payload.id;
+    this.body = element("div", "message-body");
+    this.meta = element("footer", "message-meta");
+    this.node.append(this.body, this.meta);
+    if (this.role === "assistant") this.initAnswer(payload);
+    else this.initUser(payload);
+    this.setStatus(payload.status, payload);
+  }
+
+  initUser(payload) {
+    this.text = payload.content;
+    this.length = codePoints(this.text);
+    this.textNode = element("div", "plain", this.text);
+    this.body.append(this.textNode);
+    this.actions = element("span", "actions");
+    this.actions.append(button("Edit", "edit", { title: "Edit this message and answer again" }), button("Copy", "copy", { title: "Copy this message" }));
+    this.meta.append(this.actions);
+  }
+
+  initAnswer(payload) {
+    this.text = payload.content;
+    this.length = codePoints(this.text);
+    this.rendered = payload.rendered;
+    this.blocks = element("div", "rendered");
+    this.tailNode = element("div", "tail");
+    this.tailText = document.createTextNode(dropCodePoints(this.text, this.rendered));
+    this.tailNode.append(this.tailText);
+    this.tools = element("div", "tools");
+    this.body.append(this.blocks, this.tailNode, this.tools);
+    this.insertHTML(payload.html);
+    if (payload.tool_calls?.length) this.showTools(payload.tool_calls);
+    this.statusNode = element("span", "status");
+    this.usageNode = element("span", "usage");
+    this.actions = element("span", "actions");
+    this.feedbackUp = button("👍", "feedback-up", { title: "Good answer", pressed: payload.feedback === "up" });
+    this.feedbackDown = button("👎", "feedback-down", { title: "Bad answer", pressed: payload.feedback === "down" });
+    this.actions.append(button("Copy", "copy", { title: "Copy this answer" }), this.feedbackUp, this.feedbackDown);
+    this.meta.append(this.statusNode, this.usageNode, this.actions);
+    if (this.simulator) this.meta.append(element("span", "simulated", "simulated"));
+  }
+
+  insertHTML(markup) {
+    if (!markup) return;
+    const before = this.blocks.lastElementChild;
+    this.blocks.insertAdjacentHTML("beforeend", html.createHTML(markup));
+    let node = before ? before.nextElementSibling : this.blocks.firstElementChild;
+    for (; node; node = node.nextElementSibling) {
+      if (node.tagName === "PRE") decorateCode(node);
+    }
+  }
+
+  /** Applies a delta; false when it starts beyond what this view has (something was lost: resume). */
+  applyDelta({ offset, text, blocks }) {
+    if (offset > this.length) return false;
+    const fresh = offset < this.length ? dropCodePoints(text, this.length - offset) : text;
+    if (fresh) {
+      this.text += fresh;
+      this.length += codePoints(fresh);
+    }
+    const committed = this.addBlocks(blocks);
+    if (committed === null) return false;
+    if (committed) this.tailText.data = dropCodePoints(this.text, this.rendered);
+    else if (fresh) this.tailText.appendData(fresh);
+    return true;
+  }
+
+  /** Appends the blocks this view lacks; whether any was added, or null when one is missing before them. */
+  addBlocks(blocks) {
+    let added = false;
+    for (const block of blocks || []) {
+      if (block.end <= this.rendered) continue;
+      if (block.start > this.rendered || block.end > this.length) return null;
+      this.insertHTML(block.html);
+      this.rendered = block.end;
+      added = true;
+    }
+    return added;
+  }
+
+  /** The end of the answer: its last blocks, or its whole HTML when the server could not be sure we had the rest. */
+  applyDone(event) {
+    if (event.html !== undefined) {
+      this.blocks.replaceChildren();
+      this.insertHTML(event.html);
+      this.rendered = this.length;
+      this.tailText.data = "";
+    } else if (this.addBlocks(event.blocks) !== null) {
+      this.tailText.data = dropCodePoints(this.text, this.rendered);
+    }
+    this.setStatus(event.status, event);
+  }
+
+  showTools(toolCalls) {
+    this.tools.replaceChildren(
+      ...toolCalls.map((call) => element("div", "tool-call", `🔧 ${call.name || "tool"}(${call.arguments})`)),
+    );
+  }
+
+  setStatus(status, { usage, error } = {}) {
+    this.status = status;
+    this.node.dataset.status = status;
+    if (this.role !== "assistant") {
+      this.node.classList.toggle("pending", status === "sending" || status === "queued" || status === "failed");
+      return;
+    }
+    let text = STATUS_TEXT[status] || "";
+    if (status === "cancelled") text = this.length ? "Stopped — the answer so far is kept" : "Stopped before the first word";
+    if (status === "interrupted") text = "Interrupted — the server stopped while writing; the answer so far is kept";
+    if (status === "error" && error) text = `Failed: ${error.message}`;
+    this.statusNode.textContent = text;
+    this.statusNode.classList.toggle("problem", status === "error" || status === "interrupted");
+    if (usage) {
+      this.usageNode.textContent = `${usage.total_tokens} tokens`;
+      this.usageNode.title = `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`;
+    }
+    this.node.setAttribute("aria-busy", String(status === "streaming"));
+    this.node.classList.toggle("empty", this.length === 0); // nothing to copy or rate
+  }
+
+  setFeedback(value) {
+    this.feedbackUp.setAttribute("aria-pressed", String(value === "up"));
+    this.feedbackDown.setAttribute("aria-pressed", String(value === "down"));
+  }
+
+  feedback() {
+    if (this.feedbackUp.getAttribute("aria-pressed") === "true") return "up";
+    if (this.feedbackDown.getAttribute("aria-pressed") === "true") return "down";
+    return null;
+  }
+
+  /** Shows the latest-answer actions (regenerate, or retry for a failed answer) on this view only. */
+  setLatest(latest) {
+    this.actions.querySelector(".regenerate")?.remove();
+    if (!latest || this.status === "streaming") return;
+    const retry = this.status === "error" || this.status === "interrupted";
+    this.actions.append(
+      button(retry ? "Retry" : "Regenerate", "regenerate", { title: retry ? "Try this answer again" : "Answer again" }),
+    );
+  }
+}
+
+function decorateCode(pre) {
+  const copy = button("Copy code", "copy-code", { title: "Copy this code" });
+  pre.classList.add("has-copy");
+  pre.prepend(copy);
+}
+
+export async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+    return;
+  }
+  const area = element("textarea", "visually-hidden");
+  area.value = text;
+  document.body.append(area);
+  area.select();
+  document.execCommand("copy");
+  area.remove();
+}
