@@ -19,16 +19,17 @@ run: sync
 	@echo "Serving on http://$(HOST):$(PORT)/ with the built-in dev upstream (a simulator) unless LLM_BASE_URL is set"
 	DJANGO_DEBUG=1 uv run daphne -b $(HOST) -p $(PORT) chatproject.asgi:application
 
-# SQLite + in-memory layer, then PostgreSQL + Redis. Without those services a laptop skips the second
-# pass; CI (CI=true) fails instead.
+# SQLite + in-memory layer (with the browser tests), then PostgreSQL + Redis (with the deployment harness:
+# nginx, two daphne processes, private PostgreSQL and Redis servers it restarts). Without those services a
+# laptop skips the second pass; CI (CI=true) fails instead.
 test: test-sqlite test-services
 
 test-sqlite: sync
-	env -u DATABASE_URL -u REDIS_URL uv run pytest $(PYTEST_ARGS)
+	env -u DATABASE_URL -u REDIS_URL uv run pytest -m "not deploy" $(PYTEST_ARGS)
 
 test-services: sync
 	@if uv run python -m tests.services $(TEST_DATABASE_URL) $(TEST_REDIS_URL); then \
-		DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) uv run pytest $(PYTEST_ARGS); \
+		DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) uv run pytest -m "not browser" $(PYTEST_ARGS); \
 	elif [ "$$CI" = "true" ]; then \
 		echo "PostgreSQL or Redis is unreachable, and CI must run the suite on them" >&2; exit 1; \
 	else \

@@ -121,6 +121,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer --------------------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
+CHANNEL_PREFIX = env_str("CHANNEL_PREFIX", "chat")
 # Deltas are coalesced (tens per second per stream), so a channel rarely holds more than a few; the
 # capacity is generous because an overflow silently drops messages (watchers then resync by offset).
 CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000)
@@ -134,7 +135,7 @@ if REDIS_URL:
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}],
                 "capacity": CHANNEL_CAPACITY,
                 "expiry": 60,
-                "prefix": env_str("CHANNEL_PREFIX", "chat"),
+                "prefix": CHANNEL_PREFIX,
             },
         }
     }
@@ -241,9 +242,14 @@ CHAT_LEASE_SECONDS = env_float("CHAT_LEASE_SECONDS", 15.0)
 CHAT_SWEEP_SECONDS = env_float("CHAT_SWEEP_SECONDS", 10.0)
 # How long a database outage a streaming answer rides out: checkpoints and the final write are retried.
 CHAT_DB_RETRY_SECONDS = env_float("CHAT_DB_RETRY_SECONDS", 30.0)
+# On SIGTERM, how long answers being written get to finish before they are saved as `interrupted`.
+CHAT_SHUTDOWN_GRACE_SECONDS = env_float("CHAT_SHUTDOWN_GRACE_SECONDS", 20.0)
 CHAT_MAX_DURATION_SECONDS = env_float("CHAT_MAX_DURATION_SECONDS", 600.0)
 CHAT_MAX_OUTPUT_CHARS = env_int("CHAT_MAX_OUTPUT_CHARS", 200_000)
 CHAT_MAX_CONCURRENT_PER_USER = env_int("CHAT_MAX_CONCURRENT_PER_USER", 2)
+# Abuse limits: answers a user may start per minute, and WebSockets a user may have open (all processes).
+CHAT_MAX_MESSAGES_PER_MINUTE = env_int("CHAT_MAX_MESSAGES_PER_MINUTE", 20)
+CHAT_MAX_SOCKETS_PER_USER = env_int("CHAT_MAX_SOCKETS_PER_USER", 20)
 CHAT_MAX_CONTENT_CHARS = env_int("CHAT_MAX_CONTENT_CHARS", 32_000)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 65_536)
 CHAT_MAX_TOKENS_LIMIT = env_int("CHAT_MAX_TOKENS_LIMIT", 32_768)

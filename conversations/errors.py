@@ -47,3 +47,15 @@ class InvalidState(ChatError):
 class QuotaExceeded(ChatError):
     code = "quota_exceeded"
     default_message = "You have used your daily quota of tokens; it renews at midnight UTC."
+
+
+class TooManyRequests(ChatError):
+    code = "too_many_requests"
+    default_message = "You are sending messages too fast; wait a moment."
+
+
+class Unavailable(ChatError):
+    # Only while a server process is shutting down: the same request succeeds on another one (or after a
+    # restart), so clients retry it with the same id.
+    code = "unavailable"
+    default_message = "This server is restarting; the request will succeed in a moment."

@@ -88,6 +88,7 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["owner", "status"], condition=Q(status="streaming"), name="message_owner_streaming"),
             models.Index(fields=["lease_expires_at"], condition=Q(status="streaming"), name="message_streaming_lease"),
+            models.Index(fields=["owner", "created_at"], name="message_owner_recent"),
         ]
 
     def __str__(self) -> str:

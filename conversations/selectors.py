@@ -196,3 +196,8 @@ def conversations_for_export(*, conversation_ids: list[Any]) -> list[Conversatio
         .prefetch_related(Prefetch("messages", queryset=Message.objects.order_by("seq")))
         .order_by("created_at")
     )
+
+
+def user_answers_started_since(*, user: User, since: datetime) -> int:
+    """How many answers the user started (sent, regenerated, edited) since `since`: the rate limit's count."""
+    return Message.objects.filter(owner_id=user.pk, role=Message.Role.ASSISTANT, created_at__gte=since).count()

@@ -18,7 +18,13 @@ from django.db.models import Max
 from django.utils import timezone
 
 from conversations import selectors
-from conversations.errors import ConversationBusy, InvalidState, QuotaExceeded, TooManyGenerations
+from conversations.errors import (
+    ConversationBusy,
+    InvalidState,
+    QuotaExceeded,
+    TooManyGenerations,
+    TooManyRequests,
+)
 from conversations.markdown import render_markdown
 from conversations.models import ApiToken, Conversation, Message
 
@@ -77,6 +83,9 @@ def _check_can_generate(*, user: User, conversation: Conversation) -> None:
     """Precondition: the caller holds the user's row lock, so concurrent sends count each other."""
     if selectors.conversation_is_busy(conversation=conversation):
         raise ConversationBusy
+    per_minute = settings.CHAT_MAX_MESSAGES_PER_MINUTE
+    if selectors.user_answers_started_since(user=user, since=timezone.now() - timedelta(minutes=1)) >= per_minute:
+        raise TooManyRequests(f"You can start {per_minute} answers a minute; wait a moment and try again.")
     limits = selectors.user_limits(user=user)
     limit = limits.max_concurrent_streams
     if selectors.user_streaming_count(user=user) >= limit:

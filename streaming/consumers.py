@@ -6,6 +6,7 @@ Nothing here streams inside `receive`: generations run in the engine and reach t
 
 import json
 import logging
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -15,7 +16,7 @@ from conversations import selectors, services
 from conversations.errors import ChatError
 from conversations.models import Message
 from conversations.services import Turn
-from streaming import protocol
+from streaming import lifecycle, protocol, sockets
 from streaming.engine import get_engine, user_group
 from streaming.protocol import (
     Cancel,
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 # An application close code (RFC 6455 reserves 4000-4999 for applications; servers may not send 1008 from an
 # application through daphne). 4401 reads as HTTP 401: log in, then reconnect.
 CLOSE_UNAUTHENTICATED = 4401
+# 4429 reads as HTTP 429: the user has CHAT_MAX_SOCKETS_PER_USER sockets open already.
+CLOSE_TOO_MANY_SOCKETS = 4429
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -51,8 +54,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED, reason="authentication required")
             return
+        if not await sockets.registry.claim(user.pk, self.channel_name):
+            await self.close(code=CLOSE_TOO_MANY_SOCKETS, reason="too many connections")
+            return
         self.user = user
+        self.renewed_at = time.monotonic()
         self.watcher = Watcher(channel_name=self.channel_name, emit=self.emit)
+        lifecycle.socket_opened(self)
         await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await get_engine().ensure_started()
         await self.emit(protocol.ready_event())
@@ -60,8 +68,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         # The generations this socket watched keep running; only the subscriptions go.
         if self.watcher is not None:
+            lifecycle.socket_closed(self)
             await self.watcher.close()
             await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
+            await sockets.registry.release(self.user.pk, self.channel_name)
 
     async def emit(self, event: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(event, ensure_ascii=False))
@@ -69,6 +79,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.watcher is None:
             return
+        if time.monotonic() - self.renewed_at > sockets.RENEW_SECONDS:
+            self.renewed_at = time.monotonic()
+            await sockets.registry.renew(self.user.pk, self.channel_name)
         ref: str | None = None
         try:
             if text_data is None:
@@ -192,11 +205,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if message.status == Message.Status.STREAMING:
             rendered = request.rendered if request.rendered is not None else request.offset
             await self.watcher.watch(str(message.pk), request.offset, rendered)
-        elif request.offset > len(message.content):
-            raise protocol.ProtocolError(
-                "invalid_offset", f"The message has only {len(message.content)} characters.", request.id
-            )
         else:
+            # Also beyond its end: a client can hold live text that was never saved (its process died after
+            # the last checkpoint); the `done` carries the saved length.
             await self.watcher.send_final(message, request.offset)
 
     async def list_conversations(self, request: ListConversations) -> None:

@@ -11,7 +11,6 @@ import bisect
 import contextlib
 import functools
 import logging
-import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from django.conf import settings
 from conversations import selectors, services
 from conversations.markdown import Block, BlockSplitter
 from conversations.models import Message
-from streaming import metrics, upstream
+from streaming import lifecycle, metrics, upstream
 from streaming.upstream import ChatRequest, StreamEnd, TextDelta, ToolCallDelta, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -36,6 +35,7 @@ FINAL_WRITE_FIRST_WAIT = 0.25  # seconds before retrying a failed final write; d
 CANCEL_REPEAT_SECONDS = 0.2  # see cancel_firmly
 CANCEL_PERSISTENCE = 10.0
 SHUTDOWN_GRACE = 5.0  # seconds the background tasks get to end at shutdown
+REJOIN_SECONDS = 10.0  # how often a generation renews its control group membership
 
 
 def conversation_group(conversation_id: object) -> str:
@@ -150,6 +150,7 @@ class Engine:
         self.control_channel = ""
         self._background: set[asyncio.Task[None]] = set()
         self._started = False
+        self.draining = False  # shutting down: no new generations (see streaming.lifecycle)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -164,15 +165,22 @@ class Engine:
         self.control_channel = await self.layer.new_channel()
         self._spawn(self._control_loop())
         self._spawn(self._sweep_loop())
-        _stop_with_server(self)
+        lifecycle.install(self)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def shutdown(self) -> None:
-        """Stops every generation here (they end `interrupted`, text kept) and the background tasks."""
+    async def shutdown(self, *, grace: float = 0.0) -> None:
+        """Stops every generation here and the background tasks.
+
+        Generations get `grace` seconds to finish; those still running then end `interrupted`, text kept.
+        """
+        self.draining = True
+        running = [gen.task for gen in self.generations.values() if gen.task is not None]
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
         generations = list(self.generations.values())
         for gen in generations:
             if gen.reader is not None:
@@ -366,9 +374,15 @@ class Engine:
         """
         interval = settings.CHAT_CHECKPOINT_SECONDS
         renew_after = settings.CHAT_LEASE_SECONDS / 3
-        last_write = time.monotonic()
+        last_write = joined = time.monotonic()
         while not gen.closing:
             await asyncio.sleep(interval)
+            if time.monotonic() - joined > REJOIN_SECONDS:
+                # A Redis restart forgets every group: renewing keeps cancels and resumes from other processes
+                # reaching this generation.
+                joined = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await self.layer.group_add(control_group(gen.message_id), self.control_channel)
             if gen.length == gen.saved_length and time.monotonic() - last_write < renew_after:
                 continue
             gen.checkpointing = True
@@ -544,22 +558,6 @@ def cancel_firmly(task: "asyncio.Task[Any]") -> None:
     canceller = asyncio.create_task(repeat())
     _cancellers.add(canceller)
     canceller.add_done_callback(_cancellers.discard)
-
-
-def _stop_with_server(engine: Engine) -> None:
-    """Under daphne, runs `engine.shutdown()` before the reactor stops (SIGTERM, Ctrl-C).
-
-    Daphne has no ASGI lifespan; Twisted's "before shutdown" trigger waits for the returned Deferred, so the
-    running answers are saved as `interrupted` and the upstream connections closed before the process exits.
-    """
-    reactor = sys.modules.get("twisted.internet.reactor")  # imported by daphne; never installed from here
-    if reactor is None or not getattr(reactor, "running", False):
-        return
-    from twisted.internet.defer import Deferred
-
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: Deferred.fromFuture(asyncio.ensure_future(engine.shutdown()))
-    )
 
 
 def _delta_event(message_id: str, offset: int, text: str, blocks: list[Block]) -> dict[str, Any]:

@@ -428,15 +428,16 @@ def done_event(
     message_id: str,
     status: str,
     *,
+    length: int,
     usage: dict[str, int] | None = None,
     error: dict[str, str] | None = None,
     finish_reason: str | None = None,
     blocks: list[dict[str, Any]] | None = None,
     html: str | None = None,
 ) -> dict[str, Any]:
-    """The end of an answer. Its last markdown blocks come as `blocks` when the client has all the others,
-    or as `html`, the whole answer's HTML, to replace what the client shows."""
-    event: dict[str, Any] = {"type": "done", "message": message_id, "status": status}
+    """The end of an answer, `length` code points long. Its last markdown blocks come as `blocks` when the
+    client has all the others, or as `html`, the whole answer's HTML, to replace what the client shows."""
+    event: dict[str, Any] = {"type": "done", "message": message_id, "status": status, "length": length}
     if usage is not None:
         event["usage"] = usage
     if error is not None:

@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from conversations import services
-from conversations.errors import InvalidState
+from conversations.errors import InvalidState, Unavailable
 from conversations.models import Conversation, Message
 from conversations.services import GenerationOptions, Turn, User
 from streaming import protocol
@@ -20,6 +20,11 @@ from streaming.engine import conversation_group, get_engine, user_group
 # Called once the rows have committed and before the generation starts, so the caller can subscribe to the
 # conversation and miss nothing; it also runs for a retried request that found its earlier rows.
 BeforeStart = Callable[[Turn], Awaitable[None]] | None
+
+
+def _refuse_while_draining() -> None:
+    if get_engine().draining:
+        raise Unavailable
 
 
 async def _begin(turn: Turn, before_start: BeforeStart) -> Turn:
@@ -53,6 +58,7 @@ async def chat_send(
     options: GenerationOptions,
     before_start: BeforeStart = None,
 ) -> Turn:
+    _refuse_while_draining()
     turn = await database_sync_to_async(services.message_send)(
         user=user, client_id=client_id, conversation_id=conversation_id, content=content, options=options
     )
@@ -67,6 +73,7 @@ async def chat_regenerate(
     options: GenerationOptions,
     before_start: BeforeStart = None,
 ) -> Turn:
+    _refuse_while_draining()
     turn = await database_sync_to_async(services.message_regenerate)(
         user=user, message_id=message_id, client_id=client_id, options=options
     )
@@ -82,6 +89,7 @@ async def chat_edit(
     options: GenerationOptions,
     before_start: BeforeStart = None,
 ) -> Turn:
+    _refuse_while_draining()
     turn = await database_sync_to_async(services.message_edit)(
         user=user, message_id=message_id, content=content, client_id=client_id, options=options
     )
@@ -133,6 +141,7 @@ async def chat_import(
     before_start: BeforeStart = None,
 ) -> Turn:
     """Starts an answer to a conversation given whole (the OpenAI-compatible endpoint), recorded as a new one."""
+    _refuse_while_draining()
     turn = await database_sync_to_async(services.conversation_import)(
         user=user, client_id=client_id, system=system, history=history, content=content, options=options
     )

@@ -29,6 +29,7 @@ RESUME_TIMEOUT = 2.0
 # A watched answer silent this long is checked against the database (its `done` may have been dropped).
 IDLE_CHECK = 10.0
 WATCHDOG_PERIOD = 1.0
+REJOIN_SECONDS = 10.0  # how often a watching client renews its group membership (see _watch_dog)
 
 
 @dataclass
@@ -201,8 +202,9 @@ class Watcher:
         if watch is None:
             return
         blocks, missing = _new_blocks(watch, event.get("blocks"))
-        if watch.offset < event["length"] or missing or watch.rendered < watch.offset:
-            # The final text and HTML are in the database before `gen.done` is published.
+        if watch.offset != event["length"] or missing or watch.rendered < watch.offset:
+            # The final text and HTML are in the database before `gen.done` is published. (The client may also
+            # have more than was saved: the live text of a process that died after its last checkpoint.)
             await self._finish_from_database(message_id)
             return
         self.watches.pop(message_id, None)
@@ -211,6 +213,7 @@ class Watcher:
                 protocol.done_event(
                     message_id,
                     event["status"],
+                    length=event["length"],
                     usage=event.get("usage"),
                     error=event.get("error"),
                     finish_reason=event.get("finish_reason"),
@@ -219,7 +222,11 @@ class Watcher:
             )
 
     async def send_final(self, message: Message, offset: int) -> None:
-        """Sends a finished message's text from `offset`, then its `done` with the whole HTML."""
+        """Sends a finished message's text from `offset`, then its `done` with the whole HTML.
+
+        A client that has more text than was saved (`offset` beyond the end) learns the saved length from the
+        `done` and drops the rest: what was not saved is not part of the answer.
+        """
         html, _ = protocol.rendered_html(message)
         async with self._lock:
             if offset < len(message.content):
@@ -228,6 +235,7 @@ class Watcher:
                 protocol.done_event(
                     str(message.pk),
                     message.status,
+                    length=len(message.content),
                     usage=protocol.usage_payload(message),
                     error=protocol.error_payload(message.error_code, message.error_message),
                     finish_reason=message.finish_reason or None,
@@ -254,10 +262,19 @@ class Watcher:
             self._watchdog = asyncio.create_task(self._watch_dog())
 
     async def _watch_dog(self) -> None:
-        """Repairs what lost layer messages would otherwise leave hanging: resumes and `done`s."""
+        """Repairs what lost layer messages would otherwise leave hanging: resumes and `done`s.
+
+        It also renews the subscription while it watches: a Redis restart forgets every group, and the
+        answer's deltas would otherwise stop reaching this client.
+        """
+        joined = time.monotonic()
         while self.watches:
             await asyncio.sleep(WATCHDOG_PERIOD)
             now = time.monotonic()
+            if now - joined > REJOIN_SECONDS and self.conversation_id is not None:
+                joined = now
+                with contextlib.suppress(Exception):  # the layer is down: the next round tries again
+                    await self.layer.group_add(conversation_group(self.conversation_id), self.channel_name)
             for message_id, watch in list(self.watches.items()):
                 stale_resume = (
                     watch.resume_requested_at is not None and now - watch.resume_requested_at > RESUME_TIMEOUT
@@ -266,7 +283,7 @@ class Watcher:
                 if not (stale_resume or idle):
                     continue
                 watch.last_event_at = now
-                if not await self._finish_from_database(message_id) and stale_resume:
+                if not await self._finish_from_database(message_id):
                     await self._ask(message_id)
 
 

@@ -1,11 +1,23 @@
+import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.test import Client
 
 from tests.support import Daphne, DevLLMThread, collect_static, daphne_env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_thread_connections(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """Async tests make their ORM calls on asgiref's shared thread, whose connections nothing closes: they
+    would keep the test database from being dropped at the end."""
+    yield
+    with django_db_blocker.unblock():
+        asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture(scope="session")

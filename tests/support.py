@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import websockets
@@ -175,6 +175,16 @@ def daphne_env(upstream: DevLLMThread, **overrides: str) -> dict[str, str]:
     return env
 
 
+class Endpoint(Protocol):
+    """Where a test connects: a daphne process, or a proxy in front of several."""
+
+    @property
+    def origin(self) -> str: ...
+
+    @property
+    def ws_url(self) -> str: ...
+
+
 class ChatSocket:
     """A protocol v1 client over a real WebSocket, checking offsets as a careful client would."""
 
@@ -188,7 +198,7 @@ class ChatSocket:
         self.events: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, server: Daphne, session: str | None, *, origin: str | None = None) -> "ChatSocket":
+    async def connect(cls, server: "Endpoint", session: str | None, *, origin: str | None = None) -> "ChatSocket":
         headers = {"Cookie": f"sessionid={session}"} if session else {}
         ws = await websockets.connect(
             server.ws_url, origin=Origin(origin or server.origin), additional_headers=headers, max_size=2**22
@@ -212,6 +222,11 @@ class ChatSocket:
             self.texts[event["message"]] = have + event["text"]
             self._add_blocks(event["message"], event.get("blocks", []))
         elif event["type"] == "done":
+            # The done says how long the answer is: the client has exactly that, or more that was never saved
+            # (a process that died after its last checkpoint), which it drops.
+            have = self.texts.get(event["message"], "")
+            assert len(have) >= event["length"], ("text missing before done", len(have), event["length"])
+            self.texts[event["message"]] = have[: event["length"]]
             if "html" in event:
                 self.html[event["message"]] = event["html"]
                 self.rendered[event["message"]] = len(self.texts.get(event["message"], ""))

@@ -23,7 +23,6 @@ STATUS_BY_CODE = {
     "invalid_json": 400,
     "content_too_long": 400,
     "model_not_allowed": 400,
-    "invalid_offset": 400,
     "not_authenticated": 401,
     "authentication_failed": 401,
     "permission_denied": 403,
@@ -35,10 +34,12 @@ STATUS_BY_CODE = {
     "invalid_state": 409,
     "too_many_generations": 429,
     "quota_exceeded": 429,
+    "too_many_requests": 429,
     "internal_error": 500,
+    "unavailable": 503,
 }
 # Codes a validation error may carry as they are; any other validation problem is `invalid_request`.
-_VALIDATION_CODES = {"invalid_request", "content_too_long", "model_not_allowed", "invalid_offset"}
+_VALIDATION_CODES = {"invalid_request", "content_too_long", "model_not_allowed"}
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -47,6 +48,7 @@ _OPENAI_TYPES = {
     404: "not_found_error",
     409: "conflict_error",
     429: "rate_limit_error",
+    503: "api_error",
 }
 
 

@@ -22,7 +22,6 @@ from conversations import selectors
 from conversations.models import Message
 from conversations.services import Turn, User
 from streaming.engine import cancel_firmly
-from streaming.protocol import ProtocolError
 from streaming.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -81,11 +80,9 @@ class AnswerStream:
         self.watcher.mark_announced(self.answer)
         if message.status == Message.Status.STREAMING:
             await self.watcher.watch(self.answer, offset, offset)
-        elif offset > len(message.content):
-            raise ProtocolError(
-                "invalid_offset", f"The message has only {len(message.content)} characters.", field="offset"
-            )
         else:
+            # Also beyond its end: a client can hold live text that was never saved (its process died after
+            # the last checkpoint); the `done` carries the saved length.
             await self.watcher.send_final(message, offset)
 
     async def watch_until_done(self, message: Message) -> None:

@@ -181,6 +181,11 @@ const handlers = {
   },
   error(event) {
     const optimistic = event.ref ? state.pending.get(event.ref) : undefined;
+    if (event.code === "unavailable") {
+      optimistic?.setStatus("queued"); // sent again, with its id, once reconnected to a running server
+      showHint("The server is restarting; your message will be sent in a moment.");
+      return;
+    }
     if (optimistic) {
       state.pending.delete(event.ref);
       optimistic.setStatus("failed");
@@ -502,6 +507,7 @@ function showConnection(kind, delay) {
     connected: "Connected",
     reconnecting: `Reconnecting in ${Math.ceil((delay || 0) / 1000)} s…`,
     offline: "Offline — waiting for the network",
+    limited: "Too many open tabs — close some; retrying in 30 s",
   };
   ui.connection.textContent = texts[kind];
   for (const view of state.pending.values()) view.setStatus(kind === "connected" ? "sending" : "queued");

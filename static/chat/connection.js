@@ -5,6 +5,12 @@
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 const CLOSE_UNAUTHENTICATED = 4401;
+const CLOSE_TOO_MANY_SOCKETS = 4429;
+const CLOSE_SERVICE_RESTART = 4503; // that server process is stopping: reconnect (to another one) at once
+// A ping every 25 s keeps proxies from closing an idle socket and tells the server the tab is alive; a
+// socket that has heard nothing for 60 s (pongs included) is presumed dead and replaced.
+const PING_MS = 25_000;
+const SILENCE_MS = 60_000;
 
 export class Connection {
   constructor({ url, onEvent, onState, onUnauthenticated }) {
@@ -18,6 +24,8 @@ export class Connection {
     this.timer = null;
     // Requests that create rows, by id, until the server answers them (message or error with that ref).
     this.unacknowledged = new Map();
+    this.heardAt = 0;
+    setInterval(() => this.heartbeat(), PING_MS);
     window.addEventListener("online", () => this.reconnectNow());
     window.addEventListener("offline", () => this.onState("offline"));
   }
@@ -31,7 +39,22 @@ export class Connection {
     socket.addEventListener("close", (close) => this.closed(socket, close));
   }
 
+  heartbeat() {
+    if (!this.ready) return;
+    if (Date.now() - this.heardAt > SILENCE_MS) {
+      // A dead link may take minutes to report its close: give up on it now and connect anew.
+      const dead = this.socket;
+      this.socket = null;
+      this.ready = false;
+      dead.close();
+      this.schedule();
+      return;
+    }
+    this.socket.send(JSON.stringify({ type: "ping" }));
+  }
+
   receive(message) {
+    this.heardAt = Date.now();
     let event;
     try {
       event = JSON.parse(message.data);
@@ -46,7 +69,9 @@ export class Connection {
       for (const frame of this.unacknowledged.values()) this.socket.send(JSON.stringify(frame));
       return;
     }
-    if (event.ref && (event.type === "message" || event.type === "error")) this.unacknowledged.delete(event.ref);
+    // `unavailable`: this server process is shutting down; the request is sent again after the reconnect.
+    const answered = event.type === "message" || (event.type === "error" && event.code !== "unavailable");
+    if (event.ref && answered) this.unacknowledged.delete(event.ref);
     this.onEvent(event);
   }
 
@@ -56,6 +81,12 @@ export class Connection {
     this.socket = null;
     if (close.code === CLOSE_UNAUTHENTICATED) {
       this.onUnauthenticated();
+      return;
+    }
+    if (close.code === CLOSE_SERVICE_RESTART) this.attempt = 0;
+    if (close.code === CLOSE_TOO_MANY_SOCKETS) {
+      this.onState("limited", BACKOFF_MAX_MS);
+      this.timer = setTimeout(() => this.connect(), BACKOFF_MAX_MS);
       return;
     }
     this.schedule();

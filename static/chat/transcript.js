@@ -15,8 +15,8 @@ export function codePoints(text) {
   return count;
 }
 
-/** `text` without its first `count` code points. */
-export function dropCodePoints(text, count) {
+/** Where the first `count` code points of `text` end, in UTF-16 units (JavaScript string indexes). */
+function codePointIndex(text, count) {
   let index = 0;
   while (count > 0 && index < text.length) {
     const unit = text.charCodeAt(index);
@@ -24,7 +24,12 @@ export function dropCodePoints(text, count) {
     index += pair ? 2 : 1;
     count -= 1;
   }
-  return text.slice(index);
+  return index;
+}
+
+/** `text` without its first `count` code points. */
+export function dropCodePoints(text, count) {
+  return text.slice(codePointIndex(text, count));
 }
 
 function element(tag, className, text) {
@@ -143,6 +148,11 @@ export class MessageView {
 
   /** The end of the answer: its last blocks, or its whole HTML when the server could not be sure we had the rest. */
   applyDone(event) {
+    if (event.length < this.length) {
+      // Live text its process never saved before it died: not part of the answer.
+      this.text = this.text.slice(0, codePointIndex(this.text, event.length));
+      this.length = event.length;
+    }
     if (event.html !== undefined) {
       this.blocks.replaceChildren();
       this.insertHTML(event.html);

@@ -15,6 +15,7 @@ from tests.support import unique
 
 pytestmark = pytest.mark.django_db
 
+
 @pytest.fixture
 def browser(django_user_model):
     user = django_user_model.objects.create_user(username=f"u-{unique()[:8]}", password="pw")

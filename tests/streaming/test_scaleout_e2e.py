@@ -1,11 +1,15 @@
 """Several processes: watchers and cancels across the Redis layer, and answers orphaned by a crash."""
 
+import asyncio
 import os
+import signal
 
 import pytest
 from asgiref.sync import sync_to_async
+from websockets.exceptions import ConnectionClosed
 
 from conversations.models import Message
+from streaming.lifecycle import CLOSE_SERVICE_RESTART
 from tests.services import reachable
 from tests.support import ChatSocket, require, unique
 
@@ -77,21 +81,44 @@ async def test_answer_of_a_crashed_process_is_swept_to_interrupted_with_its_text
     await watcher.close()
 
 
-async def test_sigterm_saves_running_answers_as_interrupted(daphne_factory, make_user, upstream):
-    server = daphne_factory(fresh=True)
+async def test_sigterm_lets_short_answers_finish_and_saves_long_ones_as_interrupted(
+    daphne_factory, make_user, upstream
+):
+    server = daphne_factory(fresh=True, CHAT_SHUTDOWN_GRACE_SECONDS="3")
     _, session = await sync_to_async(make_user)()
     chat = await ChatSocket.connect(server, session)
-    key = unique()
-    _, answer = await chat.send_message(
-        "stop the server", client_id=unique(), model=f"dev:tps=40,tokens=1000,key={key}"
-    )
-    for _ in range(5):
-        await chat.recv_until(lambda e: e["type"] == "delta")
-    received = chat.texts[answer]
-    server.stop()  # SIGTERM, then wait for the process to exit
+    short_key, long_key = unique(), unique()
+    _, short = await chat.send_message("short", client_id=unique(), model=f"dev:tps=40,tokens=60,key={short_key}")
+    _, long = await chat.send_message("long", client_id=unique(), model=f"dev:tps=40,tokens=1000,key={long_key}")
+    await chat.recv_until(lambda e: e["type"] == "delta" and e["message"] == long)
+    started = asyncio.get_running_loop().time()
+    await asyncio.get_running_loop().run_in_executor(None, server.process.send_signal, signal.SIGTERM)
 
-    saved = await sync_to_async(Message.objects.get)(pk=answer)
-    assert saved.status == Message.Status.INTERRUPTED
-    assert saved.content.startswith(received)
-    [record] = upstream.stats.find(key)
+    # The sockets are closed at once with "service restart", so clients reconnect elsewhere right away,
+    # well before the grace period is over.
+    closed = await closing_code(chat)
+    assert closed == CLOSE_SERVICE_RESTART
+    assert asyncio.get_running_loop().time() - started < 3
+    # No new connections meanwhile.
+    with pytest.raises(ConnectionRefusedError):
+        await ChatSocket.connect(server, session)
+    await asyncio.get_running_loop().run_in_executor(None, server.process.wait, 15)
+
+    short_row = await sync_to_async(Message.objects.get)(pk=short)
+    long_row = await sync_to_async(Message.objects.get)(pk=long)
+    assert short_row.status == Message.Status.COMPLETE, "an answer that ends within the grace period completes"
+    assert short_row.content
+    assert long_row.status == Message.Status.INTERRUPTED
+    assert long_row.content and long_row.content_html
+    [record] = upstream.stats.find(long_key)
     assert record.outcome == "client_disconnected"
+    assert [r.outcome for r in upstream.stats.find(short_key)] == ["complete"]
+
+
+async def closing_code(chat: ChatSocket) -> int | None:
+    """Reads until the server closes the socket; the close code it sent."""
+    try:
+        while True:
+            await chat.recv(timeout=5)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else None
