@@ -201,3 +201,8 @@ def conversations_for_export(*, conversation_ids: list[Any]) -> list[Conversatio
 def user_answers_started_since(*, user: User, since: datetime) -> int:
     """How many answers the user started (sent, regenerated, edited) since `since`: the rate limit's count."""
     return Message.objects.filter(owner_id=user.pk, role=Message.Role.ASSISTANT, created_at__gte=since).count()
+
+
+def message_state(*, message_id: str) -> Message | None:
+    """An answer's row as it stands, for the engine (not user-scoped: the engine owns the generation)."""
+    return Message.objects.filter(pk=message_id).only("status", "content").first()

@@ -144,13 +144,23 @@ def _existing_turn(message: Message) -> Turn:
 
 
 def _idempotent(user: User, client_id: str, create: Any) -> Turn:
-    """Runs `create` unless `client_id` already made its rows; a concurrent twin loses on the unique key."""
+    """Runs `create` (holding the user's row lock) unless `client_id` already made its rows.
+
+    Twins are found before the lock (the common retry) and after it (a retry racing its first attempt); the
+    unique key settles the rest (SQLite, where the row lock is a no-op).
+    """
     if client_id:
         existing = selectors.message_get_by_client_id(user=user, client_id=client_id)
         if existing is not None:
             return _existing_turn(existing)
     try:
         with transaction.atomic():
+            _lock_user(user)
+            if client_id:
+                # A twin of this request that held the lock meanwhile has made the rows: answer with them.
+                existing = selectors.message_get_by_client_id(user=user, client_id=client_id)
+                if existing is not None:
+                    return _existing_turn(existing)
             turn: Turn = create()
             return turn
     except IntegrityError:
@@ -171,7 +181,6 @@ def message_send(
     """Adds a user message (creating the conversation when none is given) and a `streaming` answer to it."""
 
     def create() -> Turn:
-        _lock_user(user)
         if conversation_id is None:
             conversation = Conversation(owner_id=_owner_pk(user), title=title_from_content(content))
             conversation.model = settings.LLM_MODELS[0]
@@ -202,7 +211,6 @@ def message_regenerate(*, user: User, message_id: str, client_id: str, options: 
     """Answers the last user turn again. The old answer is kept, marked superseded, and leaves the transcript."""
 
     def create() -> Turn:
-        _lock_user(user)
         message = selectors.message_get_for_user(user=user, message_id=message_id)
         conversation = _lock_conversation(user=user, conversation_id=str(message.conversation_id))
         live = selectors.conversation_messages(conversation=conversation)
@@ -237,7 +245,6 @@ def message_edit(*, user: User, message_id: str, content: str, client_id: str, o
     """
 
     def create() -> Turn:
-        _lock_user(user)
         message = selectors.message_get_for_user(user=user, message_id=message_id)
         conversation = _lock_conversation(user=user, conversation_id=str(message.conversation_id))
         if message.role != Message.Role.USER or not message.is_active:
@@ -311,8 +318,10 @@ def message_finish(
     tool_calls: list[dict[str, Any]] | None = None,
     error_code: str = "",
     error_message: str = "",
-) -> None:
-    Message.objects.filter(pk=message_id).update(
+) -> bool:
+    """Saves an answer's end. False when it was no longer `streaming`: swept by another process during a
+    database outage, or deleted; the row is then left as it is, and the caller tells watchers what it says."""
+    updated = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
         status=status,
         content=content,
         content_html=content_html,
@@ -325,6 +334,7 @@ def message_finish(
         lease_expires_at=None,
         updated_at=timezone.now(),
     )
+    return updated == 1
 
 
 def conversation_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
@@ -334,12 +344,14 @@ def conversation_rename(*, user: User, conversation_id: str, title: str) -> Conv
     return conversation
 
 
+@transaction.atomic
 def conversation_delete(*, user: User, conversation_id: str) -> tuple[str, list[str]]:
     """Deletes a conversation and its messages; returns its id and those of its answers still streaming.
 
     The caller stops those (their generations would otherwise notice only at their next checkpoint).
     """
-    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    # Locked, so that an answer being added concurrently is either listed here or refused for a missing row.
+    conversation = _lock_conversation(user=user, conversation_id=conversation_id)
     deleted = str(conversation.pk)
     streaming = [
         str(pk) for pk in conversation.messages.filter(status=Message.Status.STREAMING).values_list("pk", flat=True)

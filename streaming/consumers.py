@@ -73,6 +73,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
             await sockets.registry.release(self.user.pk, self.channel_name)
 
+    async def renew(self) -> None:
+        """Renews what expires or is forgotten (a Redis restart forgets every group): the socket's count and
+        its group memberships. Runs when the client is heard from, at most every RENEW_SECONDS."""
+        assert self.watcher is not None  # noqa: S101 - only for authenticated sockets
+        self.renewed_at = time.monotonic()
+        await sockets.registry.renew(self.user.pk, self.channel_name)
+        try:
+            await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
+            await self.watcher.refollow()
+        except Exception:
+            log.warning("renewing group memberships failed", exc_info=True)
+
     async def emit(self, event: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(event, ensure_ascii=False))
 
@@ -80,8 +92,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.watcher is None:
             return
         if time.monotonic() - self.renewed_at > sockets.RENEW_SECONDS:
-            self.renewed_at = time.monotonic()
-            await sockets.registry.renew(self.user.pk, self.channel_name)
+            await self.renew()
         ref: str | None = None
         try:
             if text_data is None:
@@ -224,26 +235,30 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.emit(protocol.with_ref(event, request.id))
 
     # --- layer events (from generations, via the conversation group or a direct resume reply) ------------
+    # A failure while handling one (the database away during a repair) is logged: it must not end the socket.
 
     async def gen_message(self, event: dict[str, Any]) -> None:
-        if self.watcher is not None:
-            await self.watcher.on_message(event["message"])
+        await self._to_watcher("on_message", event["message"])
 
     async def gen_delta(self, event: dict[str, Any]) -> None:
-        if self.watcher is not None:
-            await self.watcher.on_delta(event)
+        await self._to_watcher("on_delta", event)
 
     async def gen_tools(self, event: dict[str, Any]) -> None:
-        if self.watcher is not None:
-            await self.watcher.on_tools(event)
+        await self._to_watcher("on_tools", event)
 
     async def gen_done(self, event: dict[str, Any]) -> None:
-        if self.watcher is not None:
-            await self.watcher.on_done(event)
+        await self._to_watcher("on_done", event)
 
     async def gen_superseded(self, event: dict[str, Any]) -> None:
-        if self.watcher is not None:
-            await self.watcher.on_superseded(event)
+        await self._to_watcher("on_superseded", event)
+
+    async def _to_watcher(self, handler: str, payload: dict[str, Any]) -> None:
+        if self.watcher is None:
+            return
+        try:
+            await getattr(self.watcher, handler)(payload)
+        except Exception:
+            log.warning("handling a layer event failed", exc_info=True, extra={"handler": handler})
 
     # --- layer events for the user's list of conversations (the user group) ------------------------------
 
@@ -251,4 +266,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.emit({"type": "conversation", "conversation": event["conversation"]})
 
     async def gen_conversation_deleted(self, event: dict[str, Any]) -> None:
+        if self.watcher is not None and self.watcher.conversation_id == event["conversation"]:
+            await self.watcher.unfollow()
         await self.emit({"type": "conversation_deleted", "conversation": event["conversation"]})

@@ -213,8 +213,13 @@ class Engine:
         )
         self.generations[message_id] = gen
         metrics.GENERATIONS_ACTIVE.inc()
-        await self.layer.group_add(control_group(message_id), self.control_channel)
         gen.task = asyncio.create_task(self._run(gen))
+        try:
+            await self.layer.group_add(control_group(message_id), self.control_channel)
+        except Exception:
+            # Cancels from other processes still arrive through the row's flag, read at each checkpoint; the
+            # subscription is renewed every REJOIN_SECONDS.
+            log.warning("subscribing a generation to its control group failed", exc_info=True)
 
     async def cancel(self, message_id: str) -> None:
         """Stops the generation wherever it runs. The caller has already flagged the row (the durable half)."""
@@ -381,8 +386,13 @@ class Engine:
                 # A Redis restart forgets every group: renewing keeps cancels and resumes from other processes
                 # reaching this generation.
                 joined = time.monotonic()
-                with contextlib.suppress(Exception):
+                gen.checkpointing = True  # a Redis call in flight: not to be cancelled (see Generation)
+                try:
                     await self.layer.group_add(control_group(gen.message_id), self.control_channel)
+                except Exception:
+                    log.warning("renewing a control subscription failed", exc_info=True)
+                finally:
+                    gen.checkpointing = False
             if gen.length == gen.saved_length and time.monotonic() - last_write < renew_after:
                 continue
             gen.checkpointing = True
@@ -430,7 +440,7 @@ class Engine:
             error_code=error[0] if error else "",
             error_message=error[1] if error else "",
         )
-        await self._write_final(gen, finish)
+        saved = await self._write_final(gen, finish)
         done: dict[str, Any] = {
             "type": "gen.done",
             "message": gen.message_id,
@@ -441,12 +451,19 @@ class Engine:
             "error": {"code": error[0], "message": error[1]} if error else None,
             "blocks": [last.payload()] if last is not None else [],
         }
+        if saved is False:
+            # Swept during a database outage, or deleted: the row's version stands, and watchers read it.
+            row = await database_sync_to_async(selectors.message_state)(message_id=gen.message_id)
+            status = row.status if row is not None else Status.CANCELLED
+            done |= {"status": status, "length": len(row.content) if row is not None else -1, "blocks": []}
         log.info(
             "generation ended",
-            extra={"message_id": gen.message_id, "status": status, "chars": len(gen.content)},
+            extra={"message_id": gen.message_id, "status": status, "chars": len(gen.content), "saved": saved},
         )
-        with contextlib.suppress(Exception):
-            await self.layer.group_send(conversation_group(gen.conversation_id), done)
+        if saved is not None:
+            # Unsaved (the database stayed away), the answer is left to the sweeper, which tells watchers.
+            with contextlib.suppress(Exception):
+                await self.layer.group_send(conversation_group(gen.conversation_id), done)
         with contextlib.suppress(Exception):
             await self.layer.group_send(
                 user_group(gen.owner_id), conversation_live_event(gen.conversation_id, live=False)
@@ -459,23 +476,23 @@ class Engine:
         if error:
             metrics.ERRORS.labels(error[0]).inc()
 
-    async def _write_final(self, gen: Generation, finish: Callable[[], None]) -> None:
+    async def _write_final(self, gen: Generation, finish: Callable[[], bool]) -> bool | None:
         """The final write, retried through a database outage of up to CHAT_DB_RETRY_SECONDS.
 
         Watchers read the end of the answer from the database once `gen.done` arrives, so it is published
-        only after this; if the outage outlasts the limit, the sweeper ends the answer `interrupted` with the
-        last checkpoint.
+        only after this. Returns whether the row took it (see message_finish), or None when the database
+        stayed away: then the sweeper ends the answer `interrupted` with the last checkpoint.
         """
         deadline = time.monotonic() + settings.CHAT_DB_RETRY_SECONDS
         wait = FINAL_WRITE_FIRST_WAIT
         while True:
             try:
-                await database_sync_to_async(finish)()
-                return
+                saved: bool = await database_sync_to_async(finish)()
+                return saved
             except Exception:
                 if time.monotonic() + wait > deadline:
                     log.exception("saving a finished answer failed", extra={"message_id": gen.message_id})
-                    return
+                    return None
                 log.warning("saving a finished answer failed; retrying", extra={"message_id": gen.message_id})
             await asyncio.sleep(wait)
             wait = min(wait * 2, 5.0)

@@ -31,6 +31,7 @@ import email.utils
 import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_WAIT = 0.5  # seconds before the first retry of a failure that names no wait; doubles after
 ERROR_BODY_LIMIT = 16 * 1024  # bytes of an error response read for its message
+# A JSON escape like "\ud83d" with no partner decodes to a lone surrogate, which UTF-8 (the database, Redis,
+# the socket) cannot carry: it is replaced, as an undecodable byte would be.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 MESSAGE_LIMIT = 300  # characters of an upstream error message passed on
 # After [DONE], how long to wait for the end of the HTTP body: read to its end, the connection goes back to
 # the pool for the next request instead of being closed (a new TLS handshake costs the next first token).
@@ -405,7 +409,7 @@ class _Assembler:
             if isinstance(delta, dict):
                 content = delta.get("content")
                 if isinstance(content, str) and content:
-                    events.append(TextDelta(content))
+                    events.append(TextDelta(_LONE_SURROGATE.sub("\ufffd", content)))
                 for position, piece in enumerate(delta.get("tool_calls") or ()):
                     if isinstance(piece, dict) and (call := self._grow(position, piece)) is not None:
                         events.append(call)

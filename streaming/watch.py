@@ -8,7 +8,7 @@ sees every character exactly once, whatever the layer lost.
 """
 
 import asyncio
-import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +21,8 @@ from conversations.models import Message
 from conversations.services import Turn
 from streaming import metrics, protocol
 from streaming.engine import conversation_group, get_engine
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -40,12 +42,8 @@ class _Watch:
     last_event_at: float = 0.0
 
 
-def _final_row(message_id: str, conversation_id: str) -> Message | None:
-    return (
-        Message.objects.filter(pk=message_id, conversation_id=conversation_id)
-        .exclude(status=Message.Status.STREAMING)
-        .first()
-    )
+def _row(message_id: str, conversation_id: str) -> Message | None:
+    return Message.objects.filter(pk=message_id, conversation_id=conversation_id).first()
 
 
 class Watcher:
@@ -73,6 +71,11 @@ class Watcher:
         self.conversation_id = conversation_id
         await self.layer.group_add(conversation_group(conversation_id), self.channel_name)
 
+    async def refollow(self) -> None:
+        """Joins the followed conversation's group again (idempotent): a Redis restart forgets groups."""
+        if self.conversation_id is not None:
+            await self.layer.group_add(conversation_group(self.conversation_id), self.channel_name)
+
     async def unfollow(self) -> None:
         if self.conversation_id is not None:
             await self.layer.group_discard(conversation_group(self.conversation_id), self.channel_name)
@@ -86,8 +89,8 @@ class Watcher:
             metrics.WATCHERS_ACTIVE.dec()
         if self._watchdog is not None:
             self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            # Waited for, not awaited: a cancellation of close()'s own caller must not be swallowed here.
+            await asyncio.wait([self._watchdog])
         await self.unfollow()
 
     def mark_announced(self, *message_ids: str) -> None:
@@ -244,15 +247,26 @@ class Watcher:
             )
 
     async def _finish_from_database(self, message_id: str) -> bool:
-        """Completes the watch from the database if the answer has ended; False while it still streams."""
+        """Completes the watch from the database if the answer has ended; False while it still streams.
+
+        An answer deleted meanwhile (its conversation was) ends the watch too, as stopped, so that no client
+        waits for it forever.
+        """
         if self.conversation_id is None:
             return False
-        row = await database_sync_to_async(_final_row)(message_id, self.conversation_id)
+        row = await database_sync_to_async(_row)(message_id, self.conversation_id)
         watch = self.watches.get(message_id)
-        if row is None or watch is None:
+        if watch is None or (row is not None and row.status == Message.Status.STREAMING):
             return False
         del self.watches[message_id]
-        await self.send_final(row, watch.offset)
+        if row is None:
+            gone = {"code": "not_found", "message": "The conversation was deleted."}
+            async with self._lock:
+                await self.emit(
+                    protocol.done_event(message_id, Message.Status.CANCELLED, length=watch.offset, error=gone)
+                )
+        else:
+            await self.send_final(row, watch.offset)
         return True
 
     # --- watchdog ----------------------------------------------------------------------------------------
@@ -265,26 +279,30 @@ class Watcher:
         """Repairs what lost layer messages would otherwise leave hanging: resumes and `done`s.
 
         It also renews the subscription while it watches: a Redis restart forgets every group, and the
-        answer's deltas would otherwise stop reaching this client.
+        answer's deltas would otherwise stop reaching this client. A failure (the database or Redis away) is
+        logged and tried again next round: this is the recovery path, it must not end itself.
         """
         joined = time.monotonic()
         while self.watches:
             await asyncio.sleep(WATCHDOG_PERIOD)
-            now = time.monotonic()
-            if now - joined > REJOIN_SECONDS and self.conversation_id is not None:
-                joined = now
-                with contextlib.suppress(Exception):  # the layer is down: the next round tries again
-                    await self.layer.group_add(conversation_group(self.conversation_id), self.channel_name)
-            for message_id, watch in list(self.watches.items()):
-                stale_resume = (
-                    watch.resume_requested_at is not None and now - watch.resume_requested_at > RESUME_TIMEOUT
-                )
-                idle = now - watch.last_event_at > IDLE_CHECK
-                if not (stale_resume or idle):
-                    continue
-                watch.last_event_at = now
-                if not await self._finish_from_database(message_id):
-                    await self._ask(message_id)
+            try:
+                if time.monotonic() - joined > REJOIN_SECONDS:
+                    joined = time.monotonic()
+                    await self.refollow()
+                await self._repair()
+            except Exception:
+                log.warning("watchdog round failed; retrying", exc_info=True)
+
+    async def _repair(self) -> None:
+        now = time.monotonic()
+        for message_id, watch in list(self.watches.items()):
+            stale_resume = watch.resume_requested_at is not None and now - watch.resume_requested_at > RESUME_TIMEOUT
+            idle = now - watch.last_event_at > IDLE_CHECK
+            if not (stale_resume or idle):
+                continue
+            watch.last_event_at = now
+            if not await self._finish_from_database(message_id):
+                await self._ask(message_id)
 
 
 def _new_blocks(watch: _Watch, blocks: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], bool]:

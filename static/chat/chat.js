@@ -78,6 +78,7 @@ const handlers = {
     state.views = new Map(views.map((view) => [view.id, view]));
     ui.messages.replaceChildren(...views.map((view) => view.node), ...[...state.pending.values()].map((v) => v.node));
     state.hasMore = event.has_more;
+    state.loadingOlder = false;
     ui.older.hidden = !event.has_more;
     for (const view of resumes) {
       connection.send({ type: "resume", message: view.id, offset: view.length, rendered: view.rendered });
@@ -192,6 +193,7 @@ const handlers = {
       optimistic.meta.prepend(Object.assign(document.createElement("span"), { className: "status problem", textContent: `Not sent: ${event.message}` }));
     }
     if (event.ref === "open" && event.code === "not_found") setConversation(null, { push: true });
+    if (event.ref === "older") state.loadingOlder = false;
     showHint(event.message, true);
     refresh();
   },
@@ -209,6 +211,7 @@ function setConversation(id, { push = false, reopen = true } = {}) {
   state.views.clear();
   state.pending.clear();
   state.streaming = null;
+  state.loadingOlder = false;
   ui.messages.replaceChildren();
   ui.older.hidden = true;
   ui.title.textContent = id ? state.conversations.get(id)?.title || "…" : "New chat";
@@ -378,8 +381,7 @@ function loadOlder() {
   const first = ui.messages.querySelector(".message[data-id]");
   const view = first && state.views.get(first.dataset.id);
   if (!view || state.loadingOlder || !state.hasMore) return;
-  state.loadingOlder = true;
-  connection.send({ type: "older", conversation: state.conversation, before: view.seq });
+  state.loadingOlder = connection.send({ type: "older", conversation: state.conversation, before: view.seq, id: "older" });
 }
 
 // Follow the answer while the reader is at the bottom; once they scroll up, leave them there and offer a jump.
@@ -468,7 +470,10 @@ function autosize() {
 }
 
 function stop() {
-  if (state.streaming) connection.send({ type: "cancel", message: state.streaming });
+  if (!state.streaming) return;
+  if (!connection.send({ type: "cancel", message: state.streaming })) {
+    showHint("Not connected: press Stop again once the connection is back.", true);
+  }
 }
 ui.stop.addEventListener("click", stop);
 document.addEventListener("keydown", (event) => {

@@ -65,8 +65,10 @@ export class Connection {
       this.ready = true;
       this.attempt = 0;
       this.onState("connected");
-      this.onEvent(event);
+      // Unanswered requests first: each makes the server follow its own conversation, and the page's
+      // `open` (sent by the ready handler) must come last, so that the conversation on screen is followed.
       for (const frame of this.unacknowledged.values()) this.socket.send(JSON.stringify(frame));
+      this.onEvent(event);
       return;
     }
     // `unavailable`: this server process is shutting down; the request is sent again after the reconnect.

@@ -118,27 +118,39 @@ export class MessageView {
     }
   }
 
-  /** Applies a delta; false when it starts beyond what this view has (something was lost: resume). */
+  /** Applies a delta; false when something before it was lost (its text or a block): then resume. */
   applyDelta({ offset, text, blocks }) {
     if (offset > this.length) return false;
     const fresh = offset < this.length ? dropCodePoints(text, this.length - offset) : text;
+    const length = this.length + codePoints(fresh);
+    // A block this view cannot place means one before it was lost: take nothing of this delta, so that the
+    // resume (from this view's length and blocks) brings it all again, in order.
+    if (!this.fits(blocks, length)) return false;
     if (fresh) {
       this.text += fresh;
-      this.length += codePoints(fresh);
+      this.length = length;
     }
-    const committed = this.addBlocks(blocks);
-    if (committed === null) return false;
-    if (committed) this.tailText.data = dropCodePoints(this.text, this.rendered);
+    if (this.addBlocks(blocks)) this.tailText.data = dropCodePoints(this.text, this.rendered);
     else if (fresh) this.tailText.appendData(fresh);
     return true;
   }
 
-  /** Appends the blocks this view lacks; whether any was added, or null when one is missing before them. */
+  /** Whether `blocks` follow on from this view's rendered part, once its text is `length` long. */
+  fits(blocks, length) {
+    let rendered = this.rendered;
+    for (const block of blocks || []) {
+      if (block.end <= rendered) continue;
+      if (block.start > rendered || block.end > length) return false;
+      rendered = block.end;
+    }
+    return true;
+  }
+
+  /** Appends the blocks this view lacks (they must fit, see `fits`); whether any was added. */
   addBlocks(blocks) {
     let added = false;
     for (const block of blocks || []) {
       if (block.end <= this.rendered) continue;
-      if (block.start > this.rendered || block.end > this.length) return null;
       this.insertHTML(block.html);
       this.rendered = block.end;
       added = true;
@@ -158,7 +170,8 @@ export class MessageView {
       this.insertHTML(event.html);
       this.rendered = this.length;
       this.tailText.data = "";
-    } else if (this.addBlocks(event.blocks) !== null) {
+    } else if (this.fits(event.blocks, this.length)) {
+      this.addBlocks(event.blocks);
       this.tailText.data = dropCodePoints(this.text, this.rendered);
     }
     this.setStatus(event.status, event);

@@ -1,12 +1,17 @@
 """Services and selectors against the real database: turns, idempotency, limits, ownership, prompts."""
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.utils import timezone
 
 from conversations import selectors, services
-from conversations.errors import ConversationBusy, InvalidState, NotFound, TooManyGenerations
+from conversations.errors import ConversationBusy, InvalidState, NotFound, TooManyGenerations, TooManyRequests
 from conversations.models import Message
 from conversations.services import GenerationOptions
 
@@ -141,3 +146,61 @@ def test_checkpoint_refuses_when_cancel_was_requested(user):
     assert not services.message_checkpoint(message_id=answer_id, content="partial")
     assert services.message_is_cancel_requested(message_id=answer_id)
     assert Message.objects.get(pk=answer_id).content == "par"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_racing_its_first_attempt_gets_the_same_rows_not_an_error():
+    user = get_user_model().objects.create_user(username="racer")
+    first = send(user, "start")
+    finish(first.assistant_message)
+    start = threading.Barrier(2)
+
+    def attempt():
+        start.wait()
+        try:
+            return send(user, "the same request twice", conversation=first.conversation, client_id="twin")
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        turns = list(pool.map(lambda _: attempt(), range(2)))
+    assert sorted(turn.created for turn in turns) == [False, True]
+    assert turns[0].assistant_message.pk == turns[1].assistant_message.pk
+    assert Message.objects.filter(owner=user, client_id="twin").count() == 1
+
+
+def test_finish_leaves_a_swept_answer_as_the_sweeper_saved_it(user):
+    answer = send(user).assistant_message
+    Message.objects.filter(pk=answer.pk).update(status="interrupted", content="checkpoint")
+    assert not services.message_finish(message_id=str(answer.pk), status="complete", content="the whole answer")
+    answer.refresh_from_db()
+    assert (answer.status, answer.content) == ("interrupted", "checkpoint")
+
+
+def test_rename_delete_and_feedback_are_scoped_to_the_owner(user, other):
+    turn = send(user)
+    conversation_id = str(turn.conversation.pk)
+    with pytest.raises(NotFound):
+        services.conversation_rename(user=other, conversation_id=conversation_id, title="mine")
+    with pytest.raises(NotFound):
+        services.conversation_delete(user=other, conversation_id=conversation_id)
+    with pytest.raises(NotFound):
+        services.message_set_feedback(user=other, message_id=str(turn.assistant_message.pk), value="up")
+    with pytest.raises(InvalidState):
+        services.message_set_feedback(user=user, message_id=str(turn.user_message.pk), value="up")
+    assert services.message_set_feedback(user=user, message_id=str(turn.assistant_message.pk), value="down").feedback
+    assert services.conversation_rename(user=user, conversation_id=conversation_id, title="T").title == "T"
+    deleted, streaming = services.conversation_delete(user=user, conversation_id=conversation_id)
+    assert (deleted, streaming) == (conversation_id, [str(turn.assistant_message.pk)])
+    assert not Message.objects.filter(conversation_id=conversation_id).exists()
+
+
+def test_starting_answers_is_limited_per_minute(user, settings):
+    settings.CHAT_MAX_MESSAGES_PER_MINUTE = 2
+    settings.CHAT_MAX_CONCURRENT_PER_USER = 10
+    send(user)
+    send(user)
+    with pytest.raises(TooManyRequests):
+        send(user)
+    Message.objects.filter(owner=user).update(created_at=timezone.now() - timedelta(minutes=2))
+    assert send(user).created

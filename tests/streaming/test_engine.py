@@ -138,3 +138,20 @@ async def test_engine_sweep_tells_watchers(engine):
     assert await engine.sweep() == 1
     done = await asyncio.wait_for(layer.receive(channel), 5)
     assert (done["type"], done["status"], done["length"]) == ("gen.done", "interrupted", 4)
+
+
+async def test_an_answer_swept_meanwhile_keeps_the_sweepers_version_and_watchers_are_told_so(engine):
+    # A database outage longer than the lease: another process swept the answer before this one could save it.
+    turn = await sync_to_async(new_turn)("dev:tokens=60,tps=40,ttft=0")
+    answer = str(turn.assistant_message.pk)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(conversation_group(turn.conversation.pk), channel)
+    await engine.start(answer)
+    await asyncio.wait_for(layer.receive(channel), 5)  # the first delta
+    await sync_to_async(Message.objects.filter(pk=answer).update)(status="interrupted", content="swept text")
+    events = await collect(channel, answer)
+    done = events[-1]
+    assert (done["status"], done["length"], done["blocks"]) == ("interrupted", len("swept text"), [])
+    saved = await sync_to_async(Message.objects.get)(pk=answer)
+    assert (saved.status, saved.content) == ("interrupted", "swept text")

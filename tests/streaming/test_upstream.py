@@ -9,7 +9,7 @@ from contextlib import aclosing
 
 import pytest
 
-from streaming import devllm
+from streaming import devllm, upstream
 from streaming.upstream import ChatRequest, StreamEnd, TextDelta, UpstreamEvent, aclose_clients, stream_chat
 from tests.devllm_fixtures import collect, eventually, expected_prefix, expected_text, running_devllm, user
 from tests.support import free_port, unique
@@ -331,3 +331,11 @@ async def test_closing_the_generator_closes_the_upstream_connection(llm):
             break
     [record] = llm.stats.find(request_key)
     await eventually(lambda: record.outcome == "client_disconnected", timeout=1)
+
+
+def test_a_lone_surrogate_from_the_model_server_becomes_a_replacement_character():
+    # JSON can spell half of a surrogate pair; UTF-8 (database, Redis, sockets) cannot carry it.
+    chunk = '{"choices": [{"index": 0, "delta": {"content": "a\\ud83d b \\ud83d\\ude00"}}]}'
+    [event] = upstream._Assembler().feed(chunk)
+    assert event == TextDelta("a\ufffd b \U0001f600")
+    assert isinstance(event, TextDelta) and event.text.encode("utf-8")  # UTF-8 can carry it now

@@ -1,0 +1,140 @@
+"""The conversation list over the socket: listing and search, live flags, rename and delete reaching every
+tab, feedback, older pages, and messages superseded by regenerate and edit."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from conversations.models import Conversation, Message
+from tests.support import ChatSocket, unique
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+async def test_list_search_and_live_flags_reach_every_tab(daphne, make_user):
+    _, session = await sync_to_async(make_user)()
+    chat = await ChatSocket.connect(daphne, session)
+    other_tab = await ChatSocket.connect(daphne, session)
+    first, answer = await chat.send_message("Tomatoes in pots", client_id=unique(), model="dev:tokens=5")
+    await chat.done(answer)
+    second, running = await chat.send_message("Saturn's moons", client_id=unique(), model="dev:tps=30,tokens=300")
+
+    live = await other_tab.recv_until(lambda e: e["type"] == "conversation" and e["conversation"]["id"] == second)
+    assert live["conversation"]["live"] is True and live["conversation"]["title"] == "Saturn's moons"
+    listed = await other_tab.request({"type": "conversations", "id": "l"}, "conversations")
+    assert [(c["id"], c["live"]) for c in listed["conversations"]] == [(second, True), (first, False)]
+    found = await other_tab.request({"type": "conversations", "query": "TOMATO", "id": "s"}, "conversations")
+    assert [c["id"] for c in found["conversations"]] == [first]
+
+    await chat.send({"type": "cancel", "message": running})
+    ended = await other_tab.recv_until(lambda e: e["type"] == "conversation" and e["conversation"].get("live") is False)
+    assert ended["conversation"] == {"id": second, "live": False}
+    for socket in (chat, other_tab):
+        await socket.close()
+
+
+async def test_rename_and_delete_reach_every_tab_and_delete_stops_the_answer(daphne, make_user, upstream):
+    _, session = await sync_to_async(make_user)()
+    chat = await ChatSocket.connect(daphne, session)
+    watcher = await ChatSocket.connect(daphne, session)
+    key = unique()
+    conversation, _ = await chat.send_message("to delete", client_id=unique(), model=f"dev:tps=30,tokens=500,key={key}")
+    await watcher.request({"type": "open", "conversation": conversation}, "history")
+
+    await chat.send({"type": "rename", "conversation": conversation, "title": "Renamed", "id": "r"})
+    renamed = await chat.recv_until(lambda e: e["type"] == "conversation" and e.get("ref") == "r")
+    assert renamed["conversation"]["title"] == "Renamed"
+    seen = await watcher.recv_until(
+        lambda e: e["type"] == "conversation" and e["conversation"].get("title") == "Renamed"
+    )
+    assert seen["conversation"]["id"] == conversation
+
+    await chat.send({"type": "delete", "conversation": conversation, "id": "d"})
+    gone = await watcher.recv_until(lambda e: e["type"] == "conversation_deleted")
+    assert gone["conversation"] == conversation
+    assert not await sync_to_async(Conversation.objects.filter(pk=conversation).exists)()
+    [record] = upstream.stats.find(key)
+    for _ in range(60):
+        if record.outcome != "streaming":
+            break
+        await asyncio.sleep(0.05)
+    assert record.outcome == "client_disconnected", "deleting stops the answer's upstream request at once"
+    error = await watcher.request({"type": "open", "conversation": conversation, "id": "o"}, "history")
+    assert error["code"] == "not_found"
+    assert (await watcher.request({"type": "ping", "id": "p"}, "pong"))["type"] == "pong"
+    for socket in (chat, watcher):
+        await socket.close()
+
+
+async def test_feedback_is_saved_and_only_on_answers(daphne, make_user):
+    _, session = await sync_to_async(make_user)()
+    chat = await ChatSocket.connect(daphne, session)
+    _, answer = await chat.send_message("rate me", client_id=unique(), model="dev:tokens=5")
+    await chat.done(answer)
+    reply = await chat.request({"type": "feedback", "message": answer, "value": "up", "id": "f"}, "feedback")
+    assert (reply["message"], reply["value"], reply["ref"]) == (answer, "up", "f")
+    assert (await sync_to_async(Message.objects.get)(pk=answer)).feedback == "up"
+    cleared = await chat.request({"type": "feedback", "message": answer, "value": None, "id": "g"}, "feedback")
+    assert cleared["value"] is None
+    assert (await sync_to_async(Message.objects.get)(pk=answer)).feedback == ""
+    [user_message] = [event["message"]["id"] for event in chat.events if event["type"] == "message"][:1]
+    error = await chat.request({"type": "feedback", "message": user_message, "value": "up", "id": "h"}, "feedback")
+    assert error["code"] == "invalid_state"
+    await chat.close()
+
+
+async def test_older_pages_go_back_to_the_first_message(daphne, make_user, settings):
+    settings.CHAT_MAX_MESSAGES_PER_MINUTE = 100
+    user, session = await sync_to_async(make_user)()
+    conversation = await sync_to_async(_long_conversation)(user, 30)
+    chat = await ChatSocket.connect(daphne, session)
+    history = await chat.request({"type": "open", "conversation": conversation}, "history")
+    assert (len(history["messages"]), history["has_more"]) == (50, True)
+    assert history["messages"][0]["seq"] == 11 and history["messages"][-1]["seq"] == 60
+    older = await chat.request({"type": "older", "conversation": conversation, "before": 11, "id": "o"}, "older")
+    assert [m["seq"] for m in older["messages"]] == list(range(1, 11))
+    assert older["has_more"] is False and older["ref"] == "o"
+    await chat.close()
+
+
+def _long_conversation(user, turns: int) -> str:
+    from conversations import services
+
+    conversation = None
+    for number in range(turns):
+        turn = services.message_send(
+            user=user,
+            client_id=unique(),
+            conversation_id=str(conversation.pk) if conversation else None,
+            content=f"q{number}",
+            options=services.GenerationOptions(),
+        )
+        conversation = turn.conversation
+        services.message_finish(message_id=str(turn.assistant_message.pk), status="complete", content=f"a{number}")
+    assert conversation is not None
+    return str(conversation.pk)
+
+
+async def test_regenerate_and_edit_tell_every_tab_what_they_replaced(daphne, make_user):
+    _, session = await sync_to_async(make_user)()
+    chat = await ChatSocket.connect(daphne, session)
+    conversation, answer = await chat.send_message("first", client_id=unique(), model="dev:tokens=5")
+    await chat.done(answer)
+    tab = await ChatSocket.connect(daphne, session)
+    history = await tab.request({"type": "open", "conversation": conversation}, "history")
+    question = history["messages"][0]["id"]
+
+    await chat.send({"type": "regenerate", "message": answer, "id": unique()})
+    replaced = await tab.recv_until(lambda e: e["type"] == "superseded")
+    assert replaced == {"type": "superseded", "conversation": conversation, "messages": [answer]}
+    regenerated = await tab.recv_until(lambda e: e["type"] == "message")
+    await tab.done(regenerated["message"]["id"])
+
+    await chat.send({"type": "edit", "message": question, "content": "better", "id": unique()})
+    replaced = await tab.recv_until(lambda e: e["type"] == "superseded")
+    assert set(replaced["messages"]) == {question, regenerated["message"]["id"]}
+    history = await tab.request({"type": "open", "conversation": conversation}, "history")
+    assert [m["content"] for m in history["messages"] if m["role"] == "user"] == ["better"]
+    for socket in (chat, tab):
+        await socket.close()
