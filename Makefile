@@ -17,7 +17,7 @@ run: sync
 	DJANGO_DEBUG=1 uv run python manage.py migrate --noinput
 	DJANGO_DEBUG=1 uv run python manage.py demouser
 	@echo "Serving on http://$(HOST):$(PORT)/ with the built-in dev upstream (a simulator) unless LLM_BASE_URL is set"
-	DJANGO_DEBUG=1 uv run daphne -b $(HOST) -p $(PORT) chatproject.asgi:application
+	DJANGO_DEBUG=1 uv run python -m chatproject.serve -b $(HOST) -p $(PORT) chatproject.asgi:application
 
 # SQLite + in-memory layer (with the browser tests), then PostgreSQL + Redis (with the deployment harness:
 # nginx, two daphne processes, private PostgreSQL and Redis servers it restarts). Without those services a
@@ -42,7 +42,7 @@ lint: sync
 	uv run mypy .
 
 bench: sync
-	uv run python bench/stream_latency.py
+	uv run python bench/suite.py
 
 # Pictures of the main states for the README (needs Debian's chromium; fonts-noto-cjk and
 # fonts-noto-color-emoji for every glyph).

@@ -57,12 +57,28 @@ def conversation_answer_after(*, message: Message) -> Message | None:
     )
 
 
-def conversation_is_busy(*, conversation: Conversation) -> bool:
-    return conversation.messages.filter(status=Message.Status.STREAMING).exists()
+@dataclass(frozen=True)
+class Activity:
+    streaming: int  # the user's answers being written
+    busy: bool  # one of them is in the conversation asked about
+    started: int  # answers the user started since the time asked about
 
 
-def user_streaming_count(*, user: User) -> int:
-    return Message.objects.filter(owner_id=user.pk, status=Message.Status.STREAMING).count()
+def user_activity(*, user: User, conversation_id: Any, since: datetime) -> Activity:
+    """What the limits on starting an answer look at, in one query (the user's streaming answers and recent
+    ones, each found through its own index)."""
+    streaming = Q(status=Message.Status.STREAMING)
+    recent = Q(role=Message.Role.ASSISTANT, created_at__gte=since)
+    counts = (
+        Message.objects.filter(owner_id=user.pk)
+        .filter(streaming | recent)
+        .aggregate(
+            streaming=Count("pk", filter=streaming),
+            busy=Count("pk", filter=streaming & Q(conversation_id=conversation_id)),
+            started=Count("pk", filter=recent),
+        )
+    )
+    return Activity(streaming=counts["streaming"], busy=counts["busy"] > 0, started=counts["started"])
 
 
 def message_prompt(*, message: Message) -> list[dict[str, Any]]:
@@ -196,11 +212,6 @@ def conversations_for_export(*, conversation_ids: list[Any]) -> list[Conversatio
         .prefetch_related(Prefetch("messages", queryset=Message.objects.order_by("seq")))
         .order_by("created_at")
     )
-
-
-def user_answers_started_since(*, user: User, since: datetime) -> int:
-    """How many answers the user started (sent, regenerated, edited) since `since`: the rate limit's count."""
-    return Message.objects.filter(owner_id=user.pk, role=Message.Role.ASSISTANT, created_at__gte=since).count()
 
 
 def message_state(*, message_id: str) -> Message | None:

@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Case, Max, TextField, Value, When
 from django.utils import timezone
 
 from conversations import selectors
@@ -55,6 +55,7 @@ class Turn:
     assistant_message: Message
     created: bool  # False when a retried request found the rows its first attempt made
     superseded: tuple[str, ...] = ()  # ids of the messages this turn took out of the transcript
+    prompt: list[dict[str, Any]] | None = None  # what the new answer is asked, when the turn created one
 
 
 def title_from_content(content: str) -> str:
@@ -81,14 +82,17 @@ def _next_seq(conversation: Conversation) -> int:
 
 def _check_can_generate(*, user: User, conversation: Conversation) -> None:
     """Precondition: the caller holds the user's row lock, so concurrent sends count each other."""
-    if selectors.conversation_is_busy(conversation=conversation):
+    activity = selectors.user_activity(
+        user=user, conversation_id=conversation.pk, since=timezone.now() - timedelta(minutes=1)
+    )
+    if activity.busy:
         raise ConversationBusy
     per_minute = settings.CHAT_MAX_MESSAGES_PER_MINUTE
-    if selectors.user_answers_started_since(user=user, since=timezone.now() - timedelta(minutes=1)) >= per_minute:
+    if activity.started >= per_minute:
         raise TooManyRequests(f"You can start {per_minute} answers a minute; wait a moment and try again.")
     limits = selectors.user_limits(user=user)
     limit = limits.max_concurrent_streams
-    if selectors.user_streaming_count(user=user) >= limit:
+    if activity.streaming >= limit:
         raise TooManyGenerations(f"You already have {limit} answers being written; wait for one to finish or stop it.")
     if limits.daily_tokens is not None:
         # Usage is known only once an answer ends, so an answer started under the quota may finish past it.
@@ -146,13 +150,9 @@ def _existing_turn(message: Message) -> Turn:
 def _idempotent(user: User, client_id: str, create: Any) -> Turn:
     """Runs `create` (holding the user's row lock) unless `client_id` already made its rows.
 
-    Twins are found before the lock (the common retry) and after it (a retry racing its first attempt); the
-    unique key settles the rest (SQLite, where the row lock is a no-op).
+    A retry, even one racing its first attempt, finds those rows once it holds the lock; the unique key
+    settles the rest (SQLite, where the row lock is a no-op).
     """
-    if client_id:
-        existing = selectors.message_get_by_client_id(user=user, client_id=client_id)
-        if existing is not None:
-            return _existing_turn(existing)
     try:
         with transaction.atomic():
             _lock_user(user)
@@ -191,7 +191,7 @@ def message_send(
         _apply_options(conversation, options)
         conversation.save()
         _check_can_generate(user=user, conversation=conversation)
-        seq = _next_seq(conversation)
+        seq = 1 if conversation_id is None else _next_seq(conversation)
         user_message = Message.objects.create(
             conversation=conversation,
             owner_id=_owner_pk(user),
@@ -202,7 +202,15 @@ def message_send(
             client_id=client_id,
         )
         answer = _assistant_create(conversation=conversation, seq=seq + 1, max_tokens=options.max_tokens, client_id="")
-        return Turn(conversation=conversation, user_message=user_message, assistant_message=answer, created=True)
+        if conversation_id is None:
+            # Nothing came before: the prompt is known without asking the database.
+            system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
+            prompt = [*system, {"role": "user", "content": content}]
+        else:
+            prompt = selectors.message_prompt(message=answer)
+        return Turn(
+            conversation=conversation, user_message=user_message, assistant_message=answer, created=True, prompt=prompt
+        )
 
     return _idempotent(user, client_id, create)
 
@@ -232,6 +240,7 @@ def message_regenerate(*, user: User, message_id: str, client_id: str, options: 
             assistant_message=answer,
             created=True,
             superseded=(str(message.pk),),
+            prompt=selectors.message_prompt(message=answer),
         )
 
     return _idempotent(user, client_id, create)
@@ -272,6 +281,7 @@ def message_edit(*, user: User, message_id: str, content: str, client_id: str, o
             assistant_message=answer,
             created=True,
             superseded=superseded,
+            prompt=selectors.message_prompt(message=answer),
         )
 
     return _idempotent(user, client_id, create)
@@ -290,20 +300,32 @@ def message_request_cancel(*, user: User, message_id: str) -> Message:
 # --- Engine-side writes (the caller owns the generation; these are not user-scoped) --------------------------
 
 
-def message_checkpoint(*, message_id: str, content: str) -> bool:
-    """Saves the partial answer and renews the lease.
+CHECKPOINT_BATCH = 200  # answers per UPDATE statement (SQLite limits the parameters of one statement)
 
-    Returns False when the generation must stop: its row was deleted, swept, or flagged for cancellation.
+
+def messages_checkpoint(*, contents: dict[str, str]) -> dict[str, bool]:
+    """Saves partial answers (message id -> text so far) and renews their leases, in one statement per batch.
+
+    Returns the answers that must stop, each with whether it was cancelled: their rows were deleted, swept or
+    flagged for cancellation, so they took no write.
     """
-    now = timezone.now()
-    updated = Message.objects.filter(
-        pk=message_id, status=Message.Status.STREAMING, cancel_requested_at__isnull=True
-    ).update(content=content, lease_expires_at=_lease_deadline(), updated_at=now)
-    return updated == 1
-
-
-def message_is_cancel_requested(*, message_id: str) -> bool:
-    return Message.objects.filter(pk=message_id, cancel_requested_at__isnull=False).exists()
+    now, deadline = timezone.now(), _lease_deadline()
+    live = Message.objects.filter(status=Message.Status.STREAMING, cancel_requested_at__isnull=True)
+    ids = list(contents)
+    updated = 0
+    for start in range(0, len(ids), CHECKPOINT_BATCH):
+        batch = ids[start : start + CHECKPOINT_BATCH]
+        text = Case(*(When(pk=pk, then=Value(contents[pk])) for pk in batch), output_field=TextField())
+        updated += live.filter(pk__in=batch).update(content=text, lease_expires_at=deadline, updated_at=now)
+    if updated == len(ids):
+        return {}
+    kept = {str(pk) for pk in live.filter(pk__in=ids).values_list("pk", flat=True)}
+    stopped = [pk for pk in ids if pk not in kept]
+    cancelled = {
+        str(pk)
+        for pk in Message.objects.filter(pk__in=stopped, cancel_requested_at__isnull=False).values_list("pk", flat=True)
+    }
+    return {pk: pk in cancelled for pk in stopped}
 
 
 def message_finish(

@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any
 
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from conversations import selectors, services
@@ -17,6 +17,7 @@ from conversations.errors import ChatError
 from conversations.models import Message
 from conversations.services import Turn
 from streaming import lifecycle, protocol, sockets
+from streaming.db import orm
 from streaming.engine import get_engine, user_group
 from streaming.protocol import (
     Cancel,
@@ -84,6 +85,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.watcher.refollow()
         except Exception:
             log.warning("renewing group memberships failed", exc_info=True)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch without its `aclose_old_connections()` before every message.
+
+        That call is a hop to the one thread that runs every ORM call of the process, made for each delta of
+        each socket: under load the database work queued behind it, and answers waited seconds to start. This
+        consumer reaches the database only through streaming.db.orm (database_sync_to_async on worker
+        threads), which closes stale connections itself, and its layer events never touch the database.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def emit(self, event: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(event, ensure_ascii=False))
@@ -164,7 +178,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             case Delete():
                 await chat_delete(user=self.user, conversation_id=request.conversation)
             case Feedback():
-                message = await database_sync_to_async(services.message_set_feedback)(
+                message = await orm(services.message_set_feedback)(
                     user=self.user, message_id=request.message, value=request.value
                 )
                 event = {"type": "feedback", "message": str(message.pk), "value": message.feedback or None}
@@ -181,14 +195,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def open(self, request: Open) -> None:
         assert self.watcher is not None  # noqa: S101
-        conversation = await database_sync_to_async(selectors.conversation_get_for_user)(
+        conversation = await orm(selectors.conversation_get_for_user)(
             user=self.user, conversation_id=request.conversation
         )
         # Subscribe before reading, so nothing falls between the read and the subscription.
         await self.watcher.follow(str(conversation.pk))
-        messages, has_more = await database_sync_to_async(selectors.conversation_messages_page)(
-            conversation=conversation
-        )
+        messages, has_more = await orm(selectors.conversation_messages_page)(conversation=conversation)
         payloads = [protocol.message_payload(message) for message in messages]
         await self.emit(protocol.history_event(conversation, payloads, has_more=has_more, ref=request.id))
         self.watcher.mark_announced(*(payload["id"] for payload in payloads))
@@ -197,17 +209,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.watcher.watch(payload["id"], len(payload["content"]), payload["rendered"])
 
     async def older(self, request: Older) -> None:
-        conversation = await database_sync_to_async(selectors.conversation_get_for_user)(
+        conversation = await orm(selectors.conversation_get_for_user)(
             user=self.user, conversation_id=request.conversation
         )
-        messages, has_more = await database_sync_to_async(selectors.conversation_messages_page)(
+        messages, has_more = await orm(selectors.conversation_messages_page)(
             conversation=conversation, before=request.before
         )
         await self.emit(protocol.older_event(str(conversation.pk), messages, has_more=has_more, ref=request.id))
 
     async def resume(self, request: Resume) -> None:
         assert self.watcher is not None  # noqa: S101
-        get = database_sync_to_async(selectors.message_get_for_user)
+        get = orm(selectors.message_get_for_user)
         message = await get(user=self.user, message_id=request.message)
         await self.watcher.follow(str(message.conversation_id))
         # Read again after subscribing, so an answer that ended in between is seen as ended.
@@ -222,7 +234,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.watcher.send_final(message, request.offset)
 
     async def list_conversations(self, request: ListConversations) -> None:
-        page, has_more = await database_sync_to_async(selectors.conversation_list_for_user)(
+        page, has_more = await orm(selectors.conversation_list_for_user)(
             user=self.user, query=request.query, offset=request.offset
         )
         event = {

@@ -18,7 +18,6 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
@@ -26,6 +25,7 @@ from conversations import selectors, services
 from conversations.markdown import Block, BlockSplitter
 from conversations.models import Message
 from streaming import lifecycle, metrics, upstream
+from streaming.db import orm
 from streaming.upstream import ChatRequest, StreamEnd, TextDelta, ToolCallDelta, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,12 @@ class Generation:
     published_at: float | None = None  # when the last delta went out
     task: "asyncio.Task[None] | None" = None  # the whole generation, final write included
     reader: "asyncio.Task[Outcome] | None" = None  # reading the upstream: the only part a stop cancels
-    # The publisher and the checkpointer are never cancelled in the middle of a channel-layer or database
-    # call (a cancelled Redis command can swallow the cancellation and leave its connection unusable):
-    # `closing` asks them to return after the call in flight.
+    saved_at: float = field(default_factory=time.monotonic)  # when the last checkpoint (or the insert) was
+    # The publisher is never cancelled in the middle of a channel-layer call (a cancelled Redis command can
+    # swallow the cancellation and leave its connection unusable): `closing` asks it to return after the call
+    # in flight. A closing generation also takes no more checkpoints: its final write is on the way.
     closing: bool = False
     publishing: bool = False
-    checkpointing: bool = False
 
     @property
     def length(self) -> int:
@@ -114,15 +114,25 @@ Outcome = tuple[str, tuple[str, str] | None]  # status, and (error code, message
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class Prepared:
+    """What a generation needs to start: read from the database, or handed over by whoever just wrote it."""
+
     conversation_id: str
     owner_id: str
     request: ChatRequest
     status: str
     cancel_requested: bool
 
+    @classmethod
+    def new(cls, answer: Message, prompt: list[dict[str, Any]]) -> "Prepared":
+        """A `streaming` answer just created, with the prompt its service built: nothing to read again."""
+        request = ChatRequest(
+            model=answer.model, messages=prompt, temperature=answer.temperature, max_tokens=answer.max_tokens
+        )
+        return cls(str(answer.conversation_id), str(answer.owner_id), request, Status.STREAMING, False)
 
-def _load(message_id: str) -> _Loaded | None:
+
+def _load(message_id: str) -> Prepared | None:
     message = Message.objects.select_related("conversation").filter(pk=message_id).first()
     if message is None:
         return None
@@ -132,7 +142,7 @@ def _load(message_id: str) -> _Loaded | None:
         temperature=message.temperature,
         max_tokens=message.max_tokens,
     )
-    return _Loaded(
+    return Prepared(
         conversation_id=str(message.conversation_id),
         owner_id=str(message.owner_id),
         request=request,
@@ -165,6 +175,7 @@ class Engine:
         self.control_channel = await self.layer.new_channel()
         self._spawn(self._control_loop())
         self._spawn(self._sweep_loop())
+        self._spawn(self._checkpoint_loop())
         lifecycle.install(self)
 
     def _spawn(self, coro: Any) -> None:
@@ -196,12 +207,13 @@ class Engine:
 
     # --- starting and stopping ---------------------------------------------------------------------------
 
-    async def start(self, message_id: str) -> None:
-        """Runs the generation for a `streaming` assistant message in this process."""
+    async def start(self, message_id: str, prepared: Prepared | None = None) -> None:
+        """Runs the generation for a `streaming` assistant message in this process (read from the database
+        unless its writer hands it over as `prepared`)."""
         await self.ensure_started()
         if message_id in self.generations:
             return
-        loaded = await database_sync_to_async(_load)(message_id)
+        loaded = prepared or await orm(_load)(message_id)
         if loaded is None or loaded.status != Status.STREAMING:
             return
         gen = Generation(
@@ -271,16 +283,14 @@ class Engine:
 
     async def _run(self, gen: Generation) -> None:
         publisher = asyncio.create_task(self._publish_loop(gen))
-        keeper = asyncio.create_task(self._checkpoint_loop(gen))
         gen.reader = asyncio.create_task(self._read(gen))
         try:
             status, error = await gen.reader
         finally:
             gen.closing = True
-            for helper, busy in ((publisher, gen.publishing), (keeper, gen.checkpointing)):
-                if not busy:
-                    helper.cancel()
-            await asyncio.gather(publisher, keeper, return_exceptions=True)
+            if not gen.publishing:
+                publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
         await self._finish(gen, status, error)
 
     async def _read(self, gen: Generation) -> Outcome:
@@ -371,54 +381,55 @@ class Engine:
     def _tools_event(self, gen: Generation) -> dict[str, Any]:
         return {"type": "gen.tools", "message": gen.message_id, "tool_calls": gen.tool_calls_payload()}
 
-    async def _checkpoint_loop(self, gen: Generation) -> None:
-        """Saves the text about once a second (never per token) and renews the lease while idle.
+    async def _checkpoint_loop(self) -> None:
+        """Saves the text of every generation of this process about once a second, in one statement.
 
-        A failed write (the database restarting, say) is retried at the next interval: the text is in memory,
-        and the lease outlives several intervals.
+        One write a second per process, whatever the number of answers, and never per token. An answer
+        with nothing new renews its lease at least every third of it, so that no sweeper takes it for dead.
+        A failed write (the database restarting, say) is retried at the next interval: the text is in
+        memory, and the lease outlives several intervals. Every REJOIN_SECONDS the control subscriptions are
+        renewed too (a Redis restart forgets every group).
         """
-        interval = settings.CHAT_CHECKPOINT_SECONDS
         renew_after = settings.CHAT_LEASE_SECONDS / 3
-        last_write = joined = time.monotonic()
-        while not gen.closing:
-            await asyncio.sleep(interval)
-            if time.monotonic() - joined > REJOIN_SECONDS:
-                # A Redis restart forgets every group: renewing keeps cancels and resumes from other processes
-                # reaching this generation.
-                joined = time.monotonic()
-                gen.checkpointing = True  # a Redis call in flight: not to be cancelled (see Generation)
-                try:
-                    await self.layer.group_add(control_group(gen.message_id), self.control_channel)
-                except Exception:
-                    log.warning("renewing a control subscription failed", exc_info=True)
-                finally:
-                    gen.checkpointing = False
-            if gen.length == gen.saved_length and time.monotonic() - last_write < renew_after:
-                continue
-            gen.checkpointing = True
-            try:
-                if not await self._checkpoint(gen):
-                    return
-                last_write = time.monotonic()
-            except Exception:
-                log.warning("saving a checkpoint failed; retrying", exc_info=True, extra={"message_id": gen.message_id})
-            finally:
-                gen.checkpointing = False
+        joined = time.monotonic()
+        while True:
+            await asyncio.sleep(settings.CHAT_CHECKPOINT_SECONDS)
+            now = time.monotonic()
+            due = [
+                gen
+                for gen in self.generations.values()
+                if not gen.closing and (gen.length != gen.saved_length or now - gen.saved_at >= renew_after)
+            ]
+            if due:
+                await self._checkpoint(due)
+            if now - joined > REJOIN_SECONDS:
+                joined = now
+                await self._rejoin()
 
-    async def _checkpoint(self, gen: Generation) -> bool:
-        """Writes the text so far; False when the generation must stop (and then it has been told to)."""
-        text = gen.text()
-        keep_going = await database_sync_to_async(services.message_checkpoint)(message_id=gen.message_id, content=text)
-        gen.saved_length = len(text)
-        if keep_going:
-            return True
-        # Flagged for cancellation by a request whose layer message never reached us, or the row is gone.
-        gen.cancel_requested = await database_sync_to_async(services.message_is_cancel_requested)(
-            message_id=gen.message_id
-        )
-        if gen.reader is not None:
-            cancel_firmly(gen.reader)
-        return False
+    async def _checkpoint(self, due: list[Generation]) -> None:
+        texts = {gen.message_id: gen.text() for gen in due}
+        try:
+            stopped = await orm(services.messages_checkpoint)(contents=texts)
+        except Exception:
+            log.warning("saving checkpoints failed; retrying", exc_info=True, extra={"answers": len(texts)})
+            return
+        now = time.monotonic()
+        for gen in due:
+            gen.saved_length, gen.saved_at = len(texts[gen.message_id]), now
+        for message_id, cancelled in stopped.items():
+            # Flagged for cancellation by a request whose layer message never reached us, swept, or deleted.
+            stopping = self.generations.get(message_id)
+            if stopping is not None and stopping.reader is not None and not stopping.closing:
+                stopping.cancel_requested = cancelled
+                cancel_firmly(stopping.reader)
+
+    async def _rejoin(self) -> None:
+        for message_id in list(self.generations):
+            try:
+                await self.layer.group_add(control_group(message_id), self.control_channel)
+            except Exception:
+                log.warning("renewing a control subscription failed", exc_info=True)
+                return
 
     async def _finish(self, gen: Generation, status: str, error: tuple[str, str] | None) -> None:
         await self._flush(gen)
@@ -453,7 +464,7 @@ class Engine:
         }
         if saved is False:
             # Swept during a database outage, or deleted: the row's version stands, and watchers read it.
-            row = await database_sync_to_async(selectors.message_state)(message_id=gen.message_id)
+            row = await orm(selectors.message_state)(message_id=gen.message_id)
             status = row.status if row is not None else Status.CANCELLED
             done |= {"status": status, "length": len(row.content) if row is not None else -1, "blocks": []}
         log.info(
@@ -487,7 +498,7 @@ class Engine:
         wait = FINAL_WRITE_FIRST_WAIT
         while True:
             try:
-                saved: bool = await database_sync_to_async(finish)()
+                saved: bool = await orm(finish)()
                 return saved
             except Exception:
                 if time.monotonic() + wait > deadline:
@@ -532,7 +543,7 @@ class Engine:
 
     async def sweep(self) -> int:
         """Marks answers abandoned by dead processes `interrupted` and tells their watchers."""
-        swept = await database_sync_to_async(services.messages_sweep_expired)()
+        swept = await orm(services.messages_sweep_expired)()
         for message in swept:
             log.info("swept abandoned answer", extra={"message_id": str(message.pk)})
             await self.layer.group_send(

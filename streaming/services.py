@@ -7,7 +7,6 @@ sockets, and start or stop generations.
 
 from collections.abc import Awaitable, Callable
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from conversations import services
@@ -15,7 +14,8 @@ from conversations.errors import InvalidState, Unavailable
 from conversations.models import Conversation, Message
 from conversations.services import GenerationOptions, Turn, User
 from streaming import protocol
-from streaming.engine import conversation_group, get_engine, user_group
+from streaming.db import orm
+from streaming.engine import Prepared, conversation_group, get_engine, user_group
 
 # Called once the rows have committed and before the generation starts, so the caller can subscribe to the
 # conversation and miss nothing; it also runs for a retried request that found its earlier rows.
@@ -45,7 +45,9 @@ async def _begin(turn: Turn, before_start: BeforeStart) -> Turn:
             user_group(turn.conversation.owner_id),
             {"type": "gen.conversation", "conversation": protocol.conversation_payload(turn.conversation, live=True)},
         )
-        await get_engine().start(str(turn.assistant_message.pk))
+        answer = turn.assistant_message
+        prepared = Prepared.new(answer, turn.prompt) if turn.prompt is not None else None
+        await get_engine().start(str(answer.pk), prepared)
     return turn
 
 
@@ -59,7 +61,7 @@ async def chat_send(
     before_start: BeforeStart = None,
 ) -> Turn:
     _refuse_while_draining()
-    turn = await database_sync_to_async(services.message_send)(
+    turn = await orm(services.message_send)(
         user=user, client_id=client_id, conversation_id=conversation_id, content=content, options=options
     )
     return await _begin(turn, before_start)
@@ -74,7 +76,7 @@ async def chat_regenerate(
     before_start: BeforeStart = None,
 ) -> Turn:
     _refuse_while_draining()
-    turn = await database_sync_to_async(services.message_regenerate)(
+    turn = await orm(services.message_regenerate)(
         user=user, message_id=message_id, client_id=client_id, options=options
     )
     return await _begin(turn, before_start)
@@ -90,7 +92,7 @@ async def chat_edit(
     before_start: BeforeStart = None,
 ) -> Turn:
     _refuse_while_draining()
-    turn = await database_sync_to_async(services.message_edit)(
+    turn = await orm(services.message_edit)(
         user=user, message_id=message_id, content=content, client_id=client_id, options=options
     )
     return await _begin(turn, before_start)
@@ -98,7 +100,7 @@ async def chat_edit(
 
 async def chat_cancel(*, user: User, message_id: str) -> Message:
     """Stops a streaming answer wherever it runs: a durable flag in the row, then a direct word to its engine."""
-    message: Message = await database_sync_to_async(services.message_request_cancel)(user=user, message_id=message_id)
+    message: Message = await orm(services.message_request_cancel)(user=user, message_id=message_id)
     if message.role != Message.Role.ASSISTANT:
         raise InvalidState("Only an answer can be stopped.")
     if message.status == Message.Status.STREAMING:
@@ -107,7 +109,7 @@ async def chat_cancel(*, user: User, message_id: str) -> Message:
 
 
 async def chat_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
-    conversation: Conversation = await database_sync_to_async(services.conversation_rename)(
+    conversation: Conversation = await orm(services.conversation_rename)(
         user=user, conversation_id=conversation_id, title=title
     )
     await get_channel_layer().group_send(
@@ -119,9 +121,7 @@ async def chat_rename(*, user: User, conversation_id: str, title: str) -> Conver
 
 async def chat_delete(*, user: User, conversation_id: str) -> None:
     """Deletes a conversation, stopping its running answer at once, and tells the user's sockets."""
-    deleted, streaming = await database_sync_to_async(services.conversation_delete)(
-        user=user, conversation_id=conversation_id
-    )
+    deleted, streaming = await orm(services.conversation_delete)(user=user, conversation_id=conversation_id)
     engine = get_engine()
     for message_id in streaming:
         await engine.cancel(message_id)
@@ -142,7 +142,7 @@ async def chat_import(
 ) -> Turn:
     """Starts an answer to a conversation given whole (the OpenAI-compatible endpoint), recorded as a new one."""
     _refuse_while_draining()
-    turn = await database_sync_to_async(services.conversation_import)(
+    turn = await orm(services.conversation_import)(
         user=user, client_id=client_id, system=system, history=history, content=content, options=options
     )
     return await _begin(turn, before_start)

@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 
 from conversations.models import Message
 from conversations.services import Turn
 from streaming import metrics, protocol
+from streaming.db import orm
 from streaming.engine import conversation_group, get_engine
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ class Watcher:
         """
         if self.conversation_id is None:
             return False
-        row = await database_sync_to_async(_row)(message_id, self.conversation_id)
+        row = await orm(_row)(message_id, self.conversation_id)
         watch = self.watches.get(message_id)
         if watch is None or (row is not None and row.status == Message.Status.STREAMING):
             return False

@@ -102,7 +102,7 @@ class Daphne:
 
     def start(self) -> "Daphne":
         command = self.command or [
-            *[sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)],
+            *[sys.executable, "-m", "chatproject.serve", "-b", "127.0.0.1", "-p", str(self.port)],
             "chatproject.asgi:application",
         ]
         self.process = subprocess.Popen(

@@ -138,14 +138,30 @@ def test_edit_supersedes_the_message_and_everything_after(user):
     assert edited.assistant_message.status == "streaming"
 
 
-def test_checkpoint_refuses_when_cancel_was_requested(user):
-    turn = send(user)
-    answer_id = str(turn.assistant_message.pk)
-    assert services.message_checkpoint(message_id=answer_id, content="par")
-    services.message_request_cancel(user=user, message_id=answer_id)
-    assert not services.message_checkpoint(message_id=answer_id, content="partial")
-    assert services.message_is_cancel_requested(message_id=answer_id)
-    assert Message.objects.get(pk=answer_id).content == "par"
+def test_checkpoints_save_many_answers_at_once_and_name_those_that_must_stop(user, other, settings):
+    settings.CHAT_MAX_CONCURRENT_PER_USER = 10
+    running, cancelled, swept = (send(user).assistant_message for _ in range(3))
+    deleted = send(other).assistant_message
+    services.message_request_cancel(user=user, message_id=str(cancelled.pk))
+    Message.objects.filter(pk=swept.pk).update(status="interrupted", content="as swept")
+    deleted.conversation.delete()
+    texts = {str(message.pk): f"text of {message.pk}" for message in (running, cancelled, swept, deleted)}
+    stopped = services.messages_checkpoint(contents=texts)
+    assert stopped == {str(cancelled.pk): True, str(swept.pk): False, str(deleted.pk): False}
+    running.refresh_from_db()
+    assert running.content == texts[str(running.pk)] and running.lease_expires_at > timezone.now()
+    assert Message.objects.get(pk=cancelled.pk).content == ""
+    assert Message.objects.get(pk=swept.pk).content == "as swept"
+
+
+def test_checkpoints_of_hundreds_of_answers_are_batched(user, settings):
+    settings.CHAT_MAX_CONCURRENT_PER_USER = settings.CHAT_MAX_MESSAGES_PER_MINUTE = 500
+    answers = [send(user).assistant_message for _ in range(450)]
+    texts = {str(answer.pk): f"answer {number} ✓" for number, answer in enumerate(answers)}
+    assert services.messages_checkpoint(contents=texts) == {}
+    assert {
+        str(pk): content for pk, content in Message.objects.filter(role="assistant").values_list("pk", "content")
+    } == texts
 
 
 @pytest.mark.django_db(transaction=True)

@@ -127,8 +127,8 @@ def daphne_command(port: int) -> list[str]:
     match = re.search(r"^ExecStart=(.*?)(?<!\\)$", unit, re.MULTILINE | re.DOTALL)
     assert match, "deploy/chat@.service has no ExecStart"
     words = shlex.split(match.group(1).replace("\\\n", " "))
-    assert words[0].endswith("/daphne"), words
-    command = [sys.executable, "-m", "daphne", *words[1:]]
+    assert words[0].endswith("/python") and words[1:3] == ["-m", "chatproject.serve"], words
+    command = [sys.executable, *words[1:]]
     ports = [index for index, word in enumerate(command) if word == "800%i"]
     assert len(ports) == 1, "the unit's port is 800%i"
     command[ports[0]] = str(port)

@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db.backends.signals import connection_created
 from django.utils import timezone
 
 from conversations import services
@@ -47,10 +46,29 @@ def new_turn(model: str) -> services.Turn:
 
 
 class WriteCounter:
-    """Counts the statements that write message rows, on the thread the ORM calls of the engine use."""
+    """Counts the statements that write message rows, on every connection opened while it listens.
+
+    The engine's ORM calls run on worker threads, each with its own connection, opened per call: the
+    counter wraps each connection as it is created (and unwraps them all at the end).
+    """
 
     def __init__(self) -> None:
         self.writes: list[str] = []
+        self.wrapped: list[Any] = []
+
+    def __enter__(self) -> "WriteCounter":
+        connection_created.connect(self.wrap)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        connection_created.disconnect(self.wrap)
+        for wrapper in self.wrapped:
+            wrapper.execute_wrappers.remove(self)
+
+    def wrap(self, sender: Any, connection: Any, **kwargs: Any) -> None:
+        if self not in connection.execute_wrappers:
+            connection.execute_wrappers.append(self)
+            self.wrapped.append(connection)
 
     def __call__(self, execute, sql, params, many, context):
         head = sql.lstrip().split(None, 1)[0].upper()
@@ -71,18 +89,14 @@ async def collect(channel: str, until_done: str) -> list[dict[str, Any]]:
 
 async def test_a_1000_token_answer_writes_about_once_a_second(engine):
     turn = await sync_to_async(new_turn)("dev:tokens=1000,tps=400,ttft=0")
-    counter = WriteCounter()
-    await database_sync_to_async(lambda: connection.execute_wrappers.append(counter))()
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(conversation_group(turn.conversation.pk), channel)
     answer = str(turn.assistant_message.pk)
     started = asyncio.get_running_loop().time()
-    try:
+    with WriteCounter() as counter:
         await engine.start(answer)
         events = await collect(channel, answer)
-    finally:
-        await database_sync_to_async(lambda: connection.execute_wrappers.remove(counter))()
     elapsed = asyncio.get_running_loop().time() - started
     saved = await sync_to_async(Message.objects.get)(pk=answer)
     assert saved.status == "complete" and saved.completion_tokens == 1000

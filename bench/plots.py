@@ -1,0 +1,154 @@
+"""The benchmark's report: a table on the terminal and PNG plots beside results.json."""
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def report(results: dict[str, Any], out: Path) -> None:
+    print(
+        f"\nupstream: the dev upstream (a simulator), {results['upstream']['ttft_s'] * 1000:.0f} ms to the first "
+        f"token, then {results['upstream']['tokens_per_s']:g} tokens/s; database: {results.get('database')}"
+    )
+    if classic := results.get("classic"):
+        print(f"\n1. One stream ({classic['tokens']} tokens, median of {classic['repeats']})")
+        print(f"   {'path':<18} {'first token ms':>15} {'total ms':>10}")
+        for name, row in classic["paths"].items():
+            print(f"   {name:<18} {row['ttft_ms']:>15.1f} {row['total_ms']:>10.1f}")
+    if levels := results.get("load"):
+        print(f"\n2. Load on one daphne process ({levels['tokens']} tokens a stream; ms unless noted)")
+        print(
+            f"   {'streams':>7} {'added TTFT p50':>14} {'p99':>7} {'added gap p50':>13} {'p99':>7} "
+            f"{'CPU µs/token':>12} {'steady':>7} {'KB/idle socket':>14} {'KB/live stream':>14} {'errors':>6}"
+        )
+        for row in levels["levels"]:
+            floor, app = row["floor"], row["app"]
+            print(
+                f"   {app['streams']:>7} {app['ttft_ms']['p50'] - floor['ttft_ms']['p50']:>14.1f} "
+                f"{app['ttft_ms']['p99'] - floor['ttft_ms']['p99']:>7.1f} "
+                f"{app['lateness_ms']['p50'] - floor['lateness_ms']['p50']:>13.1f} "
+                f"{app['lateness_ms']['p99'] - floor['lateness_ms']['p99']:>7.1f} "
+                f"{_f(app['server_cpu_us_per_token']):>12} {_f(app['steady_cpu_us_per_token']):>7} "
+                f"{_f(app['rss_kb_per_idle_socket']):>14} "
+                f"{_f(app['rss_kb_per_live_stream']):>14} {app['errors']:>6}"
+            )
+        _plot_load(levels["levels"], out)
+    if capacity := results.get("capacity"):
+        print(
+            f"\n3. Most live streams on one process with the added inter-token p99 ≤ 100 ms: "
+            f"{capacity['max_streams']} (floor p99 {capacity['floor_p99_ms']:.1f} ms)"
+        )
+        for row in capacity["levels"]:
+            print(
+                f"   {row['streams']:>5} streams: added p99 {row['added_p99_ms']:.1f} ms, "
+                f"{_f(row['server_cpu_us_per_token'])} µs CPU/token, errors {row['errors']}"
+            )
+        _plot_capacity(capacity, out)
+    if coalescing := results.get("coalescing"):
+        print("\n4. Coalescing window at 200 streams")
+        print(f"   {'window ms':>9} {'frames/s':>9} {'kB/s':>8} {'CPU µs/token':>12} {'gap p99 ms':>10}")
+        for row in coalescing:
+            print(
+                f"   {row['window_ms']:>9} {row['frames_per_s']:>9.0f} {row['bytes_per_s'] / 1000:>8.0f} "
+                f"{_f(row['server_cpu_us_per_token']):>12} {row['lateness_ms']['p99']:>10.1f}"
+            )
+        _plot_coalescing(coalescing, out)
+    if writes := results.get("writes"):
+        if "skipped" in writes:
+            print(f"\n5. Database writes: skipped ({writes['skipped']})")
+        else:
+            print(
+                f"\n5. Database writes for one {writes['tokens']}-token answer streamed in "
+                f"{writes['seconds_streaming']:.1f} s: {writes['message_row_writes']} message-row writes, "
+                f"{writes['conversation_row_writes']} conversation-row writes ({writes['bound']})"
+            )
+    if (relay := results.get("floor")) and levels:
+        product = next((row["app"] for row in levels["levels"] if row["app"]["streams"] == relay["streams"]), None)
+        print(
+            f"\n6. Transport floor at {relay['streams']} streams: bare ASGI relay "
+            f"{_f(relay['server_cpu_us_per_token'])} "
+            f"µs CPU/token, gap p99 {relay['lateness_ms']['p99']:.1f} ms"
+        )
+        if product and product["server_cpu_us_per_token"] and relay["server_cpu_us_per_token"]:
+            ratio = product["server_cpu_us_per_token"] / relay["server_cpu_us_per_token"]
+            print(f"   the product: {product['server_cpu_us_per_token']:.1f} µs/token, {ratio:.2f} times the floor")
+    if scaleout := results.get("scaleout"):
+        print("\n7. Behind nginx on Redis: one process against two")
+        for name, rows in scaleout.items():
+            for row in rows:
+                print(
+                    f"   {name:<11} {row['streams']:>5} streams: gap p99 {row['lateness_ms']['p99']:.1f} ms, "
+                    f"TTFT p99 {row['ttft_ms']['p99']:.1f} ms, {_f(row['server_cpu_us_per_token'])} µs CPU/token, "
+                    f"errors {row['errors']}"
+                )
+    if browser := results.get("browser"):
+        print("\n8. Browser (Chromium): main-thread time per update")
+        for name, row in browser.items():
+            print(
+                f"   {name}: {row['characters']} characters, {row['updates']} updates, p50 {row['update_ms_p50']:.2f} "
+                f"ms, p95 {row['update_ms_p95']:.2f} ms, max {row['update_ms_max']:.2f} ms; long tasks "
+                f"{row['long_tasks']} (max {row['long_task_ms_max']:.0f} ms)"
+            )
+
+
+def _plot_load(levels: list[dict[str, Any]], out: Path) -> None:
+    streams = [row["app"]["streams"] for row in levels]
+    figure, (latency, cpu) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("ttft_ms", "time to first token"), ("lateness_ms", "inter-token delay")):
+        for q, style in (("p50", "-o"), ("p99", "--o")):
+            added = [row["app"][key][q] - row["floor"][key][q] for row in levels]
+            latency.plot(streams, added, style, label=f"added {label} {q}")
+    latency.set_xlabel("concurrent streams")
+    latency.set_ylabel("ms added by the server")
+    latency.set_xscale("symlog", linthresh=10)
+    latency.legend(fontsize=8)
+    latency.grid(alpha=0.3)
+    cpu.bar([str(s) for s in streams], [row["app"]["server_cpu_us_per_token"] or 0 for row in levels])
+    cpu.axhline(40, color="red", linestyle=":", label="target 40 µs")
+    cpu.set_xlabel("concurrent streams")
+    cpu.set_ylabel("server CPU µs per token")
+    cpu.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "load.png", dpi=110)
+    plt.close(figure)
+
+
+def _plot_capacity(capacity: dict[str, Any], out: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6, 4))
+    rows = capacity["levels"]
+    axes.plot([row["streams"] for row in rows], [row["added_p99_ms"] for row in rows], "-o")
+    axes.axhline(100, color="red", linestyle=":", label="100 ms budget")
+    axes.set_xlabel("live streams on one process")
+    axes.set_ylabel("added inter-token p99 (ms)")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out / "capacity.png", dpi=110)
+    plt.close(figure)
+
+
+def _plot_coalescing(rows: list[dict[str, Any]], out: Path) -> None:
+    figure, frames = plt.subplots(figsize=(6, 4))
+    windows = [row["window_ms"] for row in rows]
+    frames.plot(windows, [row["frames_per_s"] for row in rows], "-o", label="frames/s")
+    frames.set_xlabel("coalescing window (ms)")
+    frames.set_ylabel("frames per second (200 streams)")
+    cpu = frames.twinx()
+    cpu.plot(windows, [row["server_cpu_us_per_token"] or 0 for row in rows], "-s", color="tab:orange", label="CPU")
+    cpu.set_ylabel("server CPU µs per token")
+    figure.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "coalescing.png", dpi=110)
+    plt.close(figure)

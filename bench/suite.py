@@ -1,0 +1,468 @@
+"""`make bench`: the benchmark suite, side by side in one run, on loopback against the dev upstream.
+
+The simulator answers at a realistic pace (first token after 300 ms, then 50 tokens a second). Every
+scenario is bounded in time; the whole suite takes a few minutes on a 2-core machine. It prints a table,
+writes `results.json` and PNG plots into bench/results/<time>/, and docs/benchmarks.md explains the method.
+
+    uv run python bench/suite.py [--only classic,load,capacity,coalescing,writes,floor,scaleout,browser]
+"""
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+import django  # noqa: E402
+
+django.setup()
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+
+from bench import load, plots, servers  # noqa: E402
+from bench.load import Socket, Stream  # noqa: E402
+from streaming.devllm import DevOptions  # noqa: E402
+
+TTFT, TPS = 0.3, 50.0
+PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class Setup:
+    env: dict[str, str]
+    upstream: servers.Process
+    base_url: str
+    database: str  # "postgresql" or "sqlite"
+
+
+def model(tokens: int) -> str:
+    return f"dev:tokens={tokens}"
+
+
+def options(tokens: int) -> DevOptions:
+    return DevOptions(ttft=TTFT, tps=TPS, tokens=tokens)
+
+
+@contextlib.contextmanager
+def database(workdir: str) -> Iterator[tuple[str, str]]:
+    """A PostgreSQL database of the run's own when a server answers on 127.0.0.1:5432, else SQLite."""
+    name = f"chat_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=2) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+    except psycopg.Error:
+        yield f"sqlite:///{workdir}/bench.sqlite3", "sqlite"
+        return
+    try:
+        yield f"postgres://postgres@127.0.0.1:5432/{name}", "postgresql"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def base_env(database_url: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL", "LLM_", "CHAT_", "SECRET_KEY"))
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "chatproject.settings",
+            "DJANGO_DEBUG": "0",
+            "SECRET_KEY": "bench-only-" + uuid.uuid4().hex,
+            "SECURE_SSL_REDIRECT": "0",
+            "SECURE_COOKIES": "0",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "DATABASE_URL": database_url,
+            "LOG_LEVEL": "WARNING",
+            # The benchmark is one tenant opening hundreds of answers at once: lift the per-user guards.
+            "CHAT_MAX_CONCURRENT_PER_USER": "100000",
+            "CHAT_MAX_MESSAGES_PER_MINUTE": "1000000",
+            "CHAT_MAX_SOCKETS_PER_USER": "100000",
+        }
+    )
+    return env
+
+
+# --- measuring one level of load ----------------------------------------------------------------------------
+
+
+@dataclass
+class LevelResult:
+    streams: int
+    ttft: list[float]
+    lateness: list[float]
+    tokens: int
+    frames: int
+    bytes: int
+    seconds: float
+    errors: int
+    server_cpu: float | None = None
+    rss_idle_per_socket: float | None = None
+    rss_per_stream: float | None = None
+    client_cpu: float | None = None
+    token_times: list[float] = field(default_factory=list)  # every token's arrival, sorted
+    steady_cpu_per_token: float | None = None  # CPU seconds per token while every stream was under way
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "streams": self.streams,
+            "ttft_ms": {k: v * 1000 for k, v in load.summary(self.ttft).items()},
+            "lateness_ms": {k: v * 1000 for k, v in load.summary(self.lateness).items()},
+            "tokens": self.tokens,
+            "frames_per_s": self.frames / self.seconds if self.seconds else 0,
+            "bytes_per_s": self.bytes / self.seconds if self.seconds else 0,
+            "errors": self.errors,
+            "server_cpu_s": self.server_cpu,
+            "server_cpu_us_per_token": self.server_cpu / self.tokens * 1e6 if self.server_cpu and self.tokens else None,
+            "steady_cpu_us_per_token": self.steady_cpu_per_token * 1e6 if self.steady_cpu_per_token else None,
+            "rss_kb_per_idle_socket": self.rss_idle_per_socket / 1024 if self.rss_idle_per_socket else None,
+            "rss_kb_per_live_stream": self.rss_per_stream / 1024 if self.rss_per_stream else None,
+            "client_cpu_s": self.client_cpu,
+        }
+
+
+def measure(streams: list[Stream], tokens: int, seconds: float, count: int) -> LevelResult:
+    """Stream `i` asked for `tokens` tokens with the prompt "bench i"; its lateness is judged against that."""
+    arrivals = [
+        load.token_arrivals(stream, load.token_ends(f"bench {i}", options(tokens))) for i, stream in enumerate(streams)
+    ]
+    return LevelResult(
+        streams=count,
+        ttft=[stream.ttft for stream in streams if stream.ttft is not None],
+        lateness=[late for times in arrivals if times for late in load.lateness(times, TPS)],
+        tokens=sum(len(times) for times in arrivals),
+        frames=sum(stream.frames for stream in streams),
+        bytes=sum(stream.bytes for stream in streams),
+        seconds=seconds,
+        errors=sum(1 for stream in streams if stream.error),
+        token_times=sorted(t for times in arrivals for t in times),
+    )
+
+
+async def upstream_level(setup: Setup, count: int, tokens: int, spread: float) -> LevelResult:
+    streams = [Stream() for _ in range(count)]
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        seconds = await load.run_staggered(
+            count,
+            spread,
+            lambda i: load.upstream_stream(setup.base_url, model(tokens), f"bench {i}", streams[i], client),
+        )
+    return measure(streams, tokens, seconds, count)
+
+
+async def socket_level(
+    pids: list[int], port: int, sessions: list[str], count: int, tokens: int, spread: float
+) -> LevelResult:
+    """`count` WebSockets to `port` opened first (idle), then one answer each, started evenly over `spread`
+    seconds; the server's CPU and memory are those of the processes `pids`."""
+    url, origin = f"ws://127.0.0.1:{port}/ws/chat/", f"http://127.0.0.1:{port}"
+    sockets = [Socket(url, origin, sessions[i % len(sessions)]) for i in range(count)]
+    before = servers.usage_of(pids)
+    opening = asyncio.Semaphore(50)
+
+    async def open_one(socket: Socket) -> None:
+        async with opening:
+            await socket.open()
+
+    await asyncio.gather(*(open_one(socket) for socket in sockets))
+    await asyncio.sleep(1.0)
+    idle = servers.usage_of(pids)
+    streams = [Stream() for _ in range(count)]
+    peak = idle.rss
+    client_before = servers.usage(os.getpid()).cpu
+    cpu_series: list[tuple[float, float]] = []
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            await asyncio.sleep(0.25)
+            now = servers.usage_of(pids)
+            peak = max(peak, now.rss)
+            cpu_series.append((time.perf_counter(), now.cpu))
+
+    sampler = asyncio.create_task(sample())
+    try:
+        seconds = await load.run_staggered(
+            count, spread, lambda i: sockets[i].answer(model(tokens), f"bench {i}", streams[i])
+        )
+    finally:
+        sampler.cancel()
+    after = servers.usage_of(pids)
+    client_cpu = servers.usage(os.getpid()).cpu - client_before
+    await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+    result = measure(streams, tokens, seconds, count)
+    result.steady_cpu_per_token = steady_cpu(streams, result.token_times, cpu_series)
+    result.server_cpu = after.cpu - idle.cpu
+    result.rss_idle_per_socket = max(0, idle.rss - before.rss) / count
+    result.rss_per_stream = max(0, peak - idle.rss) / count
+    result.client_cpu = client_cpu
+    return result
+
+
+def app_env(setup: Setup, **env: str) -> dict[str, str]:
+    """The product's environment against the benchmark's simulator."""
+    return {**setup.env, "LLM_BASE_URL": setup.base_url, "LLM_MODELS": "dev", "LLM_SIMULATOR": "1", **env}
+
+
+def steady_cpu(streams: list[Stream], token_times: list[float], cpu: list[tuple[float, float]]) -> float | None:
+    """Server CPU per token while every stream was delivering text: from the last first token to the first
+    stream's end. Connection setup, sends and final writes are outside this window."""
+    firsts = [stream.arrivals[0][0] for stream in streams if stream.arrivals]
+    lasts = [stream.arrivals[-1][0] for stream in streams if stream.arrivals]
+    if not firsts:
+        return None
+    start, end = max(firsts) + 0.25, min(lasts) - 0.25
+    inside = [(moment, used) for moment, used in cpu if start <= moment <= end]
+    if len(inside) < 2:
+        return None
+    (t0, c0), (t1, c1) = inside[0], inside[-1]
+    delivered = bisect.bisect_right(token_times, t1) - bisect.bisect_left(token_times, t0)
+    return (c1 - c0) / delivered if delivered else None
+
+
+def start_app(setup: Setup, **env: str) -> servers.Process:
+    return servers.daphne(app_env(setup, **env)).start()
+
+
+# --- scenarios ------------------------------------------------------------------------------------------------
+
+
+async def classic(setup: Setup, results: dict[str, Any]) -> None:
+    """One stream at a time: blocking POST, SSE and WebSocket, with the upstream called directly as the floor."""
+    tokens, repeats = 100, 3
+    app = start_app(setup)
+    try:
+        token = servers.api_token(setup.env)
+        [session] = servers.sessions(setup.env, 1)
+        rows: dict[str, dict[str, float]] = {}
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx.AsyncClient(timeout=120) as direct,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.port}", headers=headers, timeout=120) as api,
+        ):
+            paths: dict[str, Callable[[int, Stream], Awaitable[None]]] = {
+                "upstream (floor)": lambda i, s: load.upstream_stream(
+                    setup.base_url, model(tokens), f"bench {i}", s, direct
+                ),
+                "blocking POST": lambda i, s: load.blocking_post(api, model(tokens), f"bench {i}", s),
+                "SSE": lambda i, s: load.sse_stream(api, model(tokens), f"bench {i}", s),
+            }
+            for name, run in paths.items():
+                streams = [Stream() for _ in range(repeats)]
+                for index, stream in enumerate(streams):
+                    await run(index, stream)
+                rows[name] = _classic_row(streams)
+            streams = [Stream() for _ in range(repeats)]
+            for index, stream in enumerate(streams):
+                socket = Socket(f"ws://127.0.0.1:{app.port}/ws/chat/", f"http://127.0.0.1:{app.port}", session)
+                await socket.open()
+                await socket.answer(model(tokens), f"bench {index}", stream)
+                await socket.close()
+            rows["WebSocket"] = _classic_row(streams)
+    finally:
+        app.stop()
+    results["classic"] = {"tokens": tokens, "repeats": repeats, "paths": rows}
+
+
+def _classic_row(streams: list[Stream]) -> dict[str, float]:
+    ttfts = [stream.ttft for stream in streams if stream.ttft is not None]
+    totals = [stream.arrivals[-1][0] - stream.started for stream in streams if stream.arrivals]
+    return {"ttft_ms": load.percentile(ttfts, 0.5) * 1000, "total_ms": load.percentile(totals, 0.5) * 1000}
+
+
+LEVELS = [1, 50, 200, 500]
+
+
+async def load_levels(setup: Setup, results: dict[str, Any]) -> None:
+    """Server-added time to first token and inter-token delay at 1-500 streams on one daphne process."""
+    tokens = 250
+    app = start_app(setup)
+    rows = []
+    try:
+        sessions = servers.sessions(setup.env, 50)
+        for count in LEVELS:
+            spread = min(2.0, count / 100)
+            floor = await upstream_level(setup, count, tokens, spread)
+            through = await socket_level([app.pid], app.port, sessions, count, tokens, spread)
+            rows.append({"floor": floor.row(), "app": through.row()})
+            print(f"  load {count:>4}: done", flush=True)
+    finally:
+        app.stop()
+    results["load"] = {"tokens": tokens, "levels": rows}
+
+
+async def capacity(setup: Setup, results: dict[str, Any]) -> None:
+    """The most live streams one process carries with the added inter-token p99 at or under 100 ms."""
+    tokens, budget = 250, 0.100
+    floor = await upstream_level(setup, 500, tokens, 2.0)
+    floor_p99 = load.percentile(floor.lateness, 0.99)
+    app = start_app(setup)
+    rows, best = [], 0
+    try:
+        sessions = servers.sessions(setup.env, 50)
+        for count in (300, 400, 500, 600, 700, 800):
+            level = await socket_level([app.pid], app.port, sessions, count, tokens, 2.0)
+            added = load.percentile(level.lateness, 0.99) - floor_p99
+            rows.append({**level.row(), "added_p99_ms": added * 1000})
+            print(f"  capacity {count:>4}: added p99 {added * 1000:.0f} ms, errors {level.errors}", flush=True)
+            if added > budget or level.errors:
+                break
+            best = count
+    finally:
+        app.stop()
+    results["capacity"] = {"floor_p99_ms": floor_p99 * 1000, "levels": rows, "max_streams": best}
+
+
+async def coalescing(setup: Setup, results: dict[str, Any]) -> None:
+    """Coalescing windows 0/16/33/50/100 ms at 200 streams: frames, bytes and CPU."""
+    rows = []
+    for window in (0, 16, 33, 50, 100):
+        app = start_app(setup, CHAT_COALESCE_MS=str(window))
+        try:
+            sessions = servers.sessions(setup.env, 20)
+            level = await socket_level([app.pid], app.port, sessions, 200, 250, 2.0)
+        finally:
+            app.stop()
+        rows.append({"window_ms": window, **level.row()})
+        print(f"  coalescing {window:>3} ms: done", flush=True)
+    results["coalescing"] = rows
+
+
+async def writes(setup: Setup, results: dict[str, Any]) -> None:
+    """Database writes for one 1,000-token answer (PostgreSQL's own row counters)."""
+    if setup.database != "postgresql":
+        results["writes"] = {"skipped": "needs PostgreSQL on 127.0.0.1:5432"}
+        return
+    tokens, tps = 1000, 100
+    app = start_app(setup)
+    try:
+        [session] = servers.sessions(setup.env, 1)
+        counts = _row_writes(setup.env["DATABASE_URL"])
+        socket = Socket(f"ws://127.0.0.1:{app.port}/ws/chat/", f"http://127.0.0.1:{app.port}", session)
+        await socket.open()
+        stream = Stream()
+        await socket.answer(f"dev:tokens={tokens},tps={tps}", "bench writes", stream)
+        await socket.close()
+        seconds = stream.arrivals[-1][0] - stream.started
+        await asyncio.sleep(2)  # PostgreSQL publishes its counters at most once a second
+        after = _row_writes(setup.env["DATABASE_URL"])
+    finally:
+        app.stop()
+    message_writes = after[0] - counts[0]
+    results["writes"] = {
+        "tokens": tokens,
+        "seconds_streaming": seconds,
+        "message_row_writes": message_writes,
+        "conversation_row_writes": after[1] - counts[1],
+        "bound": f"1 per checkpoint second ({seconds:.1f} s) + inserts and the final write",
+    }
+
+
+def _row_writes(database_url: str) -> tuple[int, int]:
+    with psycopg.connect(database_url) as connection:
+        rows: dict[str, int] = dict(
+            connection.execute(
+                "SELECT relname, n_tup_ins + n_tup_upd FROM pg_stat_user_tables "
+                "WHERE relname IN ('conversations_message', 'conversations_conversation')"
+            ).fetchall()
+        )
+    return int(rows.get("conversations_message", 0)), int(rows.get("conversations_conversation", 0))
+
+
+async def floor(setup: Setup, results: dict[str, Any]) -> None:
+    """A bare ASGI relay (no Django, no Channels) on daphne under the same 200 streams, against the product."""
+    relay = servers.daphne(app_env(setup), "bench.floor_app:application").start()
+    try:
+        level = await socket_level([relay.pid], relay.port, ["none"], 200, 250, 2.0)
+    finally:
+        relay.stop()
+    results["floor"] = level.row()
+
+
+async def scaleout(setup: Setup, results: dict[str, Any]) -> None:
+    """One daphne process against two behind nginx, on Redis, at the same loads."""
+    from bench import fleet
+
+    results["scaleout"] = await fleet.compare(setup, socket_level, app_env, counts=(200, 500))
+
+
+async def browser(setup: Setup, results: dict[str, Any]) -> None:
+    from bench import browser as browser_bench
+
+    app = start_app(setup)
+    try:
+        [session] = servers.sessions(setup.env, 1)
+        results["browser"] = await asyncio.to_thread(browser_bench.measure, app.port, session)
+    finally:
+        app.stop()
+
+
+SCENARIOS: dict[str, Callable[[Setup, dict[str, Any]], Awaitable[None]]] = {
+    "classic": classic,
+    "load": load_levels,
+    "capacity": capacity,
+    "coalescing": coalescing,
+    "writes": writes,
+    "floor": floor,
+    "scaleout": scaleout,
+    "browser": browser,
+}
+
+
+async def main(only: list[str], out: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "upstream": {"ttft_s": TTFT, "tokens_per_s": TPS, "kind": "dev upstream (simulator)"},
+    }
+    with tempfile.TemporaryDirectory() as workdir, database(workdir) as (database_url, kind):
+        env = base_env(database_url)
+        servers.manage(env, "migrate", "--noinput", "-v0")
+        upstream = servers.devllm(env, ttft=TTFT, tps=TPS, tokens=250).start()
+        setup = Setup(env, upstream, f"http://127.0.0.1:{upstream.port}/v1", kind)
+        results["database"] = kind
+        try:
+            for name in only:
+                began = time.monotonic()
+                print(f"{name} …", flush=True)
+                await SCENARIOS[name](setup, results)
+                results.setdefault("seconds", {})[name] = round(time.monotonic() - began, 1)
+                (out / "results.json").write_text(json.dumps(results, indent=2))
+        finally:
+            upstream.stop()
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    out = ROOT / "bench" / "results" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    results = asyncio.run(main(chosen, out))
+    plots.report(results, out)
+    print(f"\nresults: {out.relative_to(ROOT)}/results.json and its plots")
