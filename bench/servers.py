@@ -103,20 +103,20 @@ def devllm(env: dict[str, str], *, ttft: float, tps: float, tokens: int) -> Proc
     return Process(command, env, port, "devllm")
 
 
-def daphne(env: dict[str, str], application: str = "chatproject.asgi:application") -> Process:
+def daphne(env: dict[str, str], application: str = "chatproject.asgi:application", *, uvloop: bool = True) -> Process:
+    """daphne as deployed (`python -m chatproject.serve`: on uvloop), or plain daphne on asyncio's own loop."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "chatproject.serve",
-        "-b",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "--access-log",
-        "/dev/null",
-    ]
+    launcher = [sys.executable, "-m", "chatproject.serve"] if uvloop else [str(Path(sys.executable).parent / "daphne")]
+    command = [*launcher, "-b", "127.0.0.1", "-p", str(port), "--access-log", "/dev/null"]
     return Process([*command, application], env, port, "daphne")
+
+
+def uvicorn(env: dict[str, str], application: str = "chatproject.asgi:application") -> Process:
+    """uvicorn on uvloop with its `websockets` implementation and httptools: the benchmark's comparison."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"]
+    command += ["--ws", "websockets", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    return Process([*command, application], env, port, "uvicorn")
 
 
 def manage(env: dict[str, str], *args: str) -> str:

@@ -1,7 +1,7 @@
 """`python -m chatproject.serve [daphne options] chatproject.asgi:application`: daphne on uvloop.
 
 The same command line as `daphne`, with uvloop's event loop under Twisted's asyncio reactor: the loop's
-own overhead per socket event is a good part of the server's CPU per streamed token (docs/benchmarks.md).
+own overhead per socket event is a good part of the CPU spent moving a token (docs/benchmarks.md).
 Without uvloop (on a platform it does not support) it is plain daphne.
 """
 

@@ -133,19 +133,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Channel layer --------------------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 CHANNEL_PREFIX = env_str("CHANNEL_PREFIX", "chat")
-# Deltas are coalesced (tens per second per stream), so a channel rarely holds more than a few; the
-# capacity is generous because an overflow silently drops messages (watchers then resync by offset).
+# In-memory layer only. Deltas are coalesced (tens per second per stream), so a channel rarely holds more
+# than a few; the capacity is generous because an overflow silently drops messages (watchers then resync by
+# offset).
 CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000)
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Redis pub/sub, not channels-redis's list-based layer: a delta is one PUBLISH that Redis pushes to
+            # the processes subscribed to its group, where the list-based layer made four round trips to send
+            # it and one blocking pop per message to receive it; at 50 streams that layer alone saturated a
+            # core (docs/benchmarks.md). What pub/sub does not give, the protocol already has: a message
+            # published while a process is not subscribed (a Redis restart) is missed, and watchers repair
+            # such gaps by offset. A process's queues are not capped: each is drained as fast as the event
+            # loop runs, since sending to a socket only hands bytes to its transport.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
-                # channels-redis receives with a 5 s blocking pop; redis-py's default 5 s socket timeout races
-                # it and fails the receive (killing the consumer), so reads get a longer limit.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}],
-                "capacity": CHANNEL_CAPACITY,
-                "expiry": 60,
                 "prefix": CHANNEL_PREFIX,
             },
         }

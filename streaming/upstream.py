@@ -194,8 +194,8 @@ async def stream_chat(
                     _client(), "POST", url, json=body, headers=_headers(), timeout=_timeout(stall)
                 ) as source:
                     await _check_response(source.response, request.model)
-                    async with aclosing(source.aiter_sse()) as events:
-                        while (sse := await _next_event(events, stall)) is not None:
+                    async with aclosing(source.aiter_sse()) as events, _StallGuard(stall) as guard:
+                        while (sse := await guard.next_event(events)) is not None:
                             if sse.data == "[DONE]":
                                 await _drain(events)
                                 break
@@ -238,19 +238,60 @@ def _headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.LLM_API_KEY}"} if settings.LLM_API_KEY else {}
 
 
-async def _next_event(events: AsyncIterator[ServerSentEvent], stall: float) -> ServerSentEvent | None:
-    """The next event, or None at the end of the body.
+class _StallGuard:
+    """Ends a read of the event stream that has waited `stall` seconds for an event, with `upstream_stalled`.
 
-    httpx-sse drops comment lines, so keep-alive comments do not reset this timer: it measures exactly how
-    long no data came. It must not span a `yield` of `stream_chat`, or it would cancel the consumer's work.
+    httpx-sse drops comment lines, so keep-alive comments do not count as data: the guard measures exactly
+    how long no event came. It only ever interrupts a read, never the consumer's work between reads (the
+    `yield` of stream_chat). Unlike an `asyncio.timeout` around each read, which schedules and cancels a
+    timer per event (a visible share of the CPU per streamed token), it keeps one timer per stream that
+    wakes about once per `stall` seconds and looks at when the current read began.
     """
-    try:
-        async with asyncio.timeout(stall):
+
+    def __init__(self, stall: float) -> None:
+        self.stall = stall
+        self.reading_since: float | None = None  # loop time the current read began; None between reads
+        self.fired = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> "_StallGuard":
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - always inside the engine's reader task
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._timer = self._loop.call_at(self._loop.time() + self.stall, self._check)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _check(self) -> None:
+        # Runs from the loop, so the task is suspended: if a read is under way, the task is waiting in it.
+        now = self._loop.time()
+        if self.reading_since is not None and now - self.reading_since >= self.stall:
+            self.fired = True
+            self._timer = None
+            self._task.cancel()
+            return
+        since = self.reading_since if self.reading_since is not None else now
+        self._timer = self._loop.call_at(since + self.stall, self._check)
+
+    async def next_event(self, events: AsyncIterator[ServerSentEvent]) -> ServerSentEvent | None:
+        """The next event, or None at the end of the body."""
+        self.reading_since = self._loop.time()
+        try:
             return await anext(events)
-    except StopAsyncIteration:
-        return None
-    except TimeoutError:
-        raise _stalled(stall) from None
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            # Ours, and nobody else's (a stop, a shutdown) on top of it: the stream stalled. As asyncio.timeout.
+            if self.fired and self._task.uncancel() <= self._cancelling:
+                raise _stalled(self.stall) from None
+            raise
+        finally:
+            self.reading_since = None
 
 
 async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
