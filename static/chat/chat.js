@@ -65,6 +65,7 @@ const handlers = {
     if (event.conversation.id !== state.conversation) return;
     showConversationSettings(event.conversation);
     ui.title.textContent = event.conversation.title || "New chat";
+    const reopened = state.views.size > 0; // the same conversation again, after a reconnect
     const resumes = [];
     const views = event.messages.map((payload) => {
       const existing = state.views.get(payload.id);
@@ -75,16 +76,22 @@ const handlers = {
       }
       return new MessageView(payload, config);
     });
-    state.views = new Map(views.map((view) => [view.id, view]));
-    ui.messages.replaceChildren(...views.map((view) => view.node), ...[...state.pending.values()].map((v) => v.node));
-    state.hasMore = event.has_more;
+    // Earlier pages the reader had loaded stay above the newest ones (which the history replaces), and
+    // whether there is more before them is still what the last `older` said.
+    const first = views[0];
+    const earlier = first ? [...state.views.values()].filter((view) => view.seq < first.seq) : [];
+    earlier.sort((a, b) => a.seq - b.seq);
+    const shown = [...earlier, ...views];
+    state.views = new Map(shown.map((view) => [view.id, view]));
+    ui.messages.replaceChildren(...shown.map((view) => view.node), ...[...state.pending.values()].map((v) => v.node));
+    if (!earlier.length) state.hasMore = event.has_more;
     state.loadingOlder = false;
-    ui.older.hidden = !event.has_more;
+    ui.older.hidden = !state.hasMore;
     for (const view of resumes) {
       connection.send({ type: "resume", message: view.id, offset: view.length, rendered: view.rendered });
     }
     refresh();
-    scrollToEnd(true);
+    scrollToEnd(!reopened); // a reconnect leaves a reader who scrolled up where they were
   },
   older(event) {
     if (event.conversation !== state.conversation) return;

@@ -1,11 +1,13 @@
 """What a test does on the chat page, in the page's own terms."""
 
+import uuid
 from html.parser import HTMLParser
 from typing import Any
 
 from playwright.sync_api import Page
 
-from conversations.models import Message
+from conversations import services
+from conversations.models import Conversation, Message
 
 # The simulator's options ride in the model name; the page offers only the configured names, so a test adds
 # the one it wants to the picker, as a user would pick a model.
@@ -99,3 +101,22 @@ def expected_answer(server_defaults: Any, model: str, prompt: str) -> str:
     from streaming.devllm import answer_text, parse_model
 
     return answer_text([{"role": "user", "content": prompt}], parse_model(model, server_defaults)[1])
+
+
+def long_conversation(user: Any, turns: int) -> Conversation:
+    """A finished conversation of `turns` questions ("question 0", …) and answers ("answer 0", …)."""
+    conversation: Conversation | None = None
+    for number in range(turns):
+        turn = services.message_send(
+            user=user,
+            client_id=uuid.uuid4().hex,
+            conversation_id=str(conversation.pk) if conversation else None,
+            content=f"question {number}",
+            options=services.GenerationOptions(),
+        )
+        conversation = turn.conversation
+        services.message_finish(
+            message_id=str(turn.assistant_message.pk), status="complete", content=f"answer {number}"
+        )
+    assert conversation is not None
+    return conversation

@@ -6,6 +6,7 @@ import uuid
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from conversations import services
 from conversations.models import Conversation, Message
@@ -13,6 +14,7 @@ from tests.browser.helpers import (
     expected_answer,
     html_text,
     latest_answer,
+    long_conversation,
     saved,
     send,
     shown_text,
@@ -222,32 +224,31 @@ def test_search_finds_text_inside_messages(page, make_user):
     assert page.locator("#conversations li a").inner_text() == "The word is zanzibar"
 
 
+def wait_for_messages(page, count: int) -> None:
+    try:
+        page.wait_for_function("(count) => document.querySelectorAll('.message').length === count", arg=count)
+    except PlaywrightTimeoutError:
+        state = page.evaluate(
+            """() => ({shown: document.querySelectorAll('.message').length, hasMore: window.chat.state.hasMore,
+                loadingOlder: window.chat.state.loadingOlder, ready: window.chat.connection.ready,
+                app: document.getElementById('app').dataset.state})"""
+        )
+        raise AssertionError(f"expected {count} messages on the page: {state}") from None
+
+
 def test_long_conversations_load_older_messages_on_demand(daphne, login, settings):
     settings.CHAT_MAX_MESSAGES_PER_MINUTE = 100  # the history is written here at once
     user, context = login(daphne)
-    conversation: Conversation | None = None
-    for number in range(60):
-        turn = services.message_send(
-            user=user,
-            client_id=uuid.uuid4().hex,
-            conversation_id=str(conversation.pk) if conversation else None,
-            content=f"question {number}",
-            options=services.GenerationOptions(),
-        )
-        conversation = turn.conversation
-        services.message_finish(
-            message_id=str(turn.assistant_message.pk), status="complete", content=f"answer {number}"
-        )
-    assert conversation is not None
+    conversation = long_conversation(user, 60)
     page = context.new_page()
     page.goto(f"{daphne.origin}/c/{conversation.pk}/")
     page.wait_for_selector(".message.assistant")
     assert page.locator(".message").count() == 50
     assert page.locator(".message .plain").last.inner_text() == "question 59"
     page.click("#older")
-    page.wait_for_function("() => document.querySelectorAll('.message').length === 100")
+    wait_for_messages(page, 100)
     page.click("#older")
-    page.wait_for_function("() => document.querySelectorAll('.message').length === 120")
+    wait_for_messages(page, 120)
     assert page.locator("#older").is_hidden()
     assert page.locator(".message .plain").first.inner_text() == "question 0"
     assert Message.objects.filter(conversation=conversation).count() == 120

@@ -8,6 +8,7 @@ from conversations.models import Message
 from tests.browser.helpers import (
     html_text,
     latest_answer,
+    long_conversation,
     saved,
     send,
     shown_text,
@@ -119,3 +120,32 @@ def test_two_tabs_watch_one_answer_and_stop_in_one_stops_both(daphne, login):
     assert row.status == "cancelled"
     assert view_text(first, answer) == view_text(second, answer) == row.content
     assert shown_text(first, answer) == shown_text(second, answer) == html_text(row.content_html)
+
+
+def test_earlier_pages_stay_loaded_through_a_reconnect(daphne, login, settings):
+    settings.CHAT_MAX_MESSAGES_PER_MINUTE = 100  # the history is written here at once
+    proxy = CuttableProxy(daphne.port).start()
+    try:
+        user, context = login(daphne)
+        conversation = long_conversation(user, 60)
+        context.add_cookies([{"name": "sessionid", "value": context.cookies()[0]["value"], "url": proxy.origin}])
+        page = context.new_page()
+        page.goto(f"{proxy.origin}/c/{conversation.pk}/")
+        page.wait_for_function("() => window.chat.connection.ready")
+        page.wait_for_selector(".message.assistant")
+        page.click("#older")
+        page.wait_for_function("() => document.querySelectorAll('.message').length === 100")
+        # The newest page is rendered anew by the history that follows the reconnect: mark its last node.
+        page.evaluate("document.querySelector('.message:last-child').dataset.probe = 'before'")
+
+        assert proxy.cut() >= 1
+        page.wait_for_selector("#app[data-state=connected]", timeout=15_000)
+        page.wait_for_function("() => !document.querySelector('[data-probe]')")
+
+        assert page.locator(".message").count() == 100, "the earlier page is still there"
+        plain = page.locator(".message .plain")
+        assert plain.first.inner_text() == "question 10"
+        assert plain.last.inner_text() == "question 59"
+        assert page.locator("#older").is_visible(), "and so is the way to the twenty before it"
+    finally:
+        proxy.stop()
