@@ -4,13 +4,18 @@ Nothing here streams inside `receive`: generations run in the engine and reach t
 `Watcher`, so `cancel`, `ping` and disconnects are handled at once even while an answer is being written.
 """
 
+import contextlib
+import functools
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 
 from conversations import selectors, services
 from conversations.errors import ChatError
@@ -18,6 +23,7 @@ from conversations.models import Message
 from conversations.services import Turn
 from streaming import lifecycle, protocol, sockets
 from streaming.db import orm
+from streaming.dispatch import Source, dispatch_in_order
 from streaming.engine import get_engine, user_group
 from streaming.protocol import (
     Cancel,
@@ -85,6 +91,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.watcher.refollow()
         except Exception:
             log.warning("renewing group memberships failed", exc_info=True)
+
+    async def __call__(self, scope: dict[str, Any], receive: Source, send: Callable[..., Awaitable[None]]) -> None:
+        """Channels' AsyncConsumer.__call__, with the message loop of streaming.dispatch."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            await dispatch_in_order([receive, self.channel_receive], self.dispatch)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch without its `aclose_old_connections()` before every message.

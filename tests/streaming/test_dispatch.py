@@ -1,0 +1,91 @@
+"""The consumer's message loop: arrival order, one handler at a time, failures end it and stop its sources."""
+
+import asyncio
+from typing import Any
+
+import pytest
+from channels.exceptions import StopConsumer
+
+from streaming.dispatch import dispatch_in_order
+
+
+def source_of(queue: "asyncio.Queue[dict[str, Any]]"):
+    async def receive() -> dict[str, Any]:
+        return await queue.get()
+
+    return receive
+
+
+async def test_messages_are_handled_in_arrival_order_one_at_a_time():
+    client: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    layer: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    handled: list[str] = []
+    running = 0
+
+    async def handle(message: dict[str, Any]) -> None:
+        nonlocal running
+        running += 1
+        assert running == 1, "one handler at a time"
+        await asyncio.sleep(0.001)
+        handled.append(message["n"])
+        running -= 1
+        if message["n"] == "stop":
+            raise StopConsumer
+
+    loop = asyncio.create_task(dispatch_in_order([source_of(client), source_of(layer)], handle))
+    for name, queue in (("a", client), ("b", layer), ("c", client), ("d", layer)):
+        queue.put_nowait({"n": name})
+        await asyncio.sleep(0.01)
+    layer.put_nowait({"n": "stop"})
+    with pytest.raises(StopConsumer):
+        await asyncio.wait_for(loop, 1)
+    assert handled == ["a", "b", "c", "d", "stop"]
+
+
+async def test_a_failing_source_ends_the_loop_with_its_error_and_the_other_source_is_cancelled():
+    layer: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    waiting = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def broken() -> dict[str, Any]:
+        await waiting.wait()
+        raise ConnectionError("gone")
+
+    async def watched() -> dict[str, Any]:
+        try:
+            return await layer.get()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def handle(message: dict[str, Any]) -> None:
+        pass
+
+    loop = asyncio.create_task(dispatch_in_order([broken, watched], handle))
+    await asyncio.sleep(0)
+    waiting.set()
+    with pytest.raises(ConnectionError, match="gone"):
+        await asyncio.wait_for(loop, 1)
+    assert cancelled.is_set()
+
+
+async def test_cancelling_the_loop_cancels_its_sources():
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    cancelled = asyncio.Event()
+
+    async def watched() -> dict[str, Any]:
+        try:
+            return await queue.get()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def handle(message: dict[str, Any]) -> None:
+        pass
+
+    loop = asyncio.create_task(dispatch_in_order([watched], handle))
+    await asyncio.sleep(0.01)
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+    assert cancelled.is_set()
