@@ -42,8 +42,25 @@ async def test_messages_are_handled_in_arrival_order_one_at_a_time():
     assert handled == ["a", "b", "c", "d", "stop"]
 
 
+def cancellable_source(cancelled: asyncio.Event):
+    """A source that never yields a message and records that it was cancelled."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def receive() -> dict[str, Any]:
+        try:
+            return await queue.get()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    return receive
+
+
+async def ignore(message: dict[str, Any]) -> None:
+    pass
+
+
 async def test_a_failing_source_ends_the_loop_with_its_error_and_the_other_source_is_cancelled():
-    layer: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     waiting = asyncio.Event()
     cancelled = asyncio.Event()
 
@@ -51,17 +68,7 @@ async def test_a_failing_source_ends_the_loop_with_its_error_and_the_other_sourc
         await waiting.wait()
         raise ConnectionError("gone")
 
-    async def watched() -> dict[str, Any]:
-        try:
-            return await layer.get()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
-    async def handle(message: dict[str, Any]) -> None:
-        pass
-
-    loop = asyncio.create_task(dispatch_in_order([broken, watched], handle))
+    loop = asyncio.create_task(dispatch_in_order([broken, cancellable_source(cancelled)], ignore))
     await asyncio.sleep(0)
     waiting.set()
     with pytest.raises(ConnectionError, match="gone"):
@@ -70,20 +77,8 @@ async def test_a_failing_source_ends_the_loop_with_its_error_and_the_other_sourc
 
 
 async def test_cancelling_the_loop_cancels_its_sources():
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     cancelled = asyncio.Event()
-
-    async def watched() -> dict[str, Any]:
-        try:
-            return await queue.get()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
-    async def handle(message: dict[str, Any]) -> None:
-        pass
-
-    loop = asyncio.create_task(dispatch_in_order([watched], handle))
+    loop = asyncio.create_task(dispatch_in_order([cancellable_source(cancelled)], ignore))
     await asyncio.sleep(0.01)
     loop.cancel()
     with pytest.raises(asyncio.CancelledError):
