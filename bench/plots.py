@@ -75,8 +75,9 @@ def report(results: dict[str, Any], out: Path) -> None:
                 f"{writes['seconds_streaming']:.1f} s: {writes['message_row_writes']} message-row writes, "
                 f"{writes['conversation_row_writes']} conversation-row writes ({writes['bound']})"
             )
-    if (relay := results.get("floor")) and levels:
-        product = next((row["app"] for row in levels["levels"] if row["app"]["streams"] == relay["streams"]), None)
+    if relay := results.get("floor"):
+        rows = levels["levels"] if levels else []
+        product = next((row["app"] for row in rows if row["app"]["streams"] == relay["streams"]), None)
         print(
             f"\n6. Transport floor at {relay['streams']} streams: bare ASGI relay "
             f"{_f(relay['server_cpu_us_per_token'])} "
