@@ -6,8 +6,8 @@ from typing import Any
 
 from playwright.sync_api import sync_playwright
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-ARGS += ["--disable-sync", "--no-first-run"]
+from tests.browser import chromium
+
 OBSERVE = """
 window.longTasks = [];
 new PerformanceObserver((list) => { for (const e of list.getEntries()) window.longTasks.push(e.duration); })
@@ -21,7 +21,7 @@ def measure(port: int, session: str) -> dict[str, Any]:
     origin = f"http://127.0.0.1:{port}"
     results: dict[str, Any] = {}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        browser = chromium.launch(playwright)
         try:
             for name, tokens in ANSWERS.items():
                 context = browser.new_context(viewport={"width": 1200, "height": 800})

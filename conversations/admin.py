@@ -96,17 +96,8 @@ class ConversationAdmin(admin.ModelAdmin):
         "reviewer_notes",
         "transcript",
     )
-    readonly_fields = (
-        "owner",
-        "title",
-        "model",
-        "temperature",
-        "system_prompt",
-        "created_at",
-        "updated_at",
-        "usage",
-        "transcript",
-    )
+    # Reviewers flag and annotate; everything else is the user's and stays as it was.
+    readonly_fields = tuple(name for name in fields if name not in ("flagged", "reviewer_notes"))
     actions = ("export_json", "export_markdown", "flag", "unflag")
 
     class Media:

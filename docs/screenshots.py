@@ -18,14 +18,9 @@ from playwright.sync_api import Page, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+sys.path.insert(0, str(ROOT))
+
+from tests.browser import chromium  # noqa: E402
 
 
 def free_port() -> int:
@@ -86,7 +81,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir, sync_playwright() as playwright:
         server, origin = start_app(workdir)
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = chromium.launch(playwright)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 820}, color_scheme="light")
             page = context.new_page()

@@ -103,5 +103,10 @@ class EventReader:
             if predicate(event):
                 return event
 
+    async def answer_id(self) -> str:
+        """Reads on to the announcement of the assistant's answer and returns its id."""
+        event = await self.until(lambda e: e.type == "message" and e.data["message"]["role"] == "assistant")
+        return str(event.data["message"]["id"])
+
     async def done(self, message_id: str) -> Event:
         return await self.until(lambda e: e.type == "done" and e.data["message"] == message_id)

@@ -80,9 +80,7 @@ async def test_dropped_stream_resumes_with_last_event_id_and_gets_the_rest_exact
         body = {"content": "A long one.", "stream": True, "model": f"dev:tps=40,tokens=200,key={key}"}
         async with client.stream("POST", f"/api/v1/conversations/{conversation}/messages/", json=body) as response:
             first = EventReader(response)
-            answer = (
-                await first.until(lambda e: e.type == "message" and e.data["message"]["role"] == "assistant")
-            ).data["message"]["id"]
+            answer = await first.answer_id()
             for _ in range(3):
                 await first.until(lambda e: e.type == "delta")
         # The connection is gone; the answer goes on without anyone watching.
@@ -145,9 +143,7 @@ async def test_cancel_endpoint_stops_the_generation_and_the_stream_ends_cancelle
         body = {"content": "Go on and on.", "stream": True, "model": f"dev:tps=40,tokens=400,key={key}"}
         async with client.stream("POST", f"/api/v1/conversations/{conversation}/messages/", json=body) as response:
             reader = EventReader(response)
-            answer = (
-                await reader.until(lambda e: e.type == "message" and e.data["message"]["role"] == "assistant")
-            ).data["message"]["id"]
+            answer = await reader.answer_id()
             await reader.until(lambda e: e.type == "delta")
             async with api(daphne, owner) as other:
                 cancelled = await other.post(f"/api/v1/messages/{answer}/cancel/")
@@ -194,9 +190,7 @@ async def test_keep_alive_comments_while_the_upstream_is_slow(daphne_factory, pr
         body = {"content": "Take your time.", "stream": True, "model": f"dev:ttft=2,tokens=5,key={unique()}"}
         async with client.stream("POST", f"/api/v1/conversations/{conversation}/messages/", json=body) as response:
             reader = EventReader(response)
-            answer = (
-                await reader.until(lambda e: e.type == "message" and e.data["message"]["role"] == "assistant")
-            ).data["message"]["id"]
+            answer = await reader.answer_id()
             await reader.until(lambda e: e.type == "delta")
             await reader.done(answer)
     kinds = [e.type for e in reader.events]
@@ -244,9 +238,7 @@ async def test_client_leaving_a_stream_stops_its_watcher_but_not_the_generation(
         body = {"content": "Keep going.", "stream": True, "model": f"dev:tps=40,tokens=160,key={key}"}
         async with client.stream("POST", f"/api/v1/conversations/{conversation}/messages/", json=body) as response:
             reader = EventReader(response)
-            answer = (
-                await reader.until(lambda e: e.type == "message" and e.data["message"]["role"] == "assistant")
-            ).data["message"]["id"]
+            answer = await reader.answer_id()
             await reader.until(lambda e: e.type == "delta")
             assert await subscribers(store, group) == 1, "the stream watches the conversation"
     deadline = asyncio.get_running_loop().time() + 5
