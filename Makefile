@@ -28,7 +28,7 @@ test-sqlite: sync
 	env -u DATABASE_URL -u REDIS_URL uv run pytest -m "not deploy" $(PYTEST_ARGS)
 
 test-services: sync
-	@if uv run python -m tests.services $(TEST_DATABASE_URL) $(TEST_REDIS_URL); then \
+	@if uv run python -m tests.reachability $(TEST_DATABASE_URL) $(TEST_REDIS_URL); then \
 		DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) uv run pytest -m "not browser" $(PYTEST_ARGS); \
 	elif [ "$$CI" = "true" ]; then \
 		echo "PostgreSQL or Redis is unreachable, and CI must run the suite on them" >&2; exit 1; \

@@ -23,7 +23,7 @@ import websockets
 from httpx_sse import aconnect_sse
 from websockets.typing import Origin
 
-from streaming.devllm import DevOptions, answer_text, tokenize
+from devllm.simulator import DevOptions, answer_text, tokenize
 
 
 @dataclass

@@ -39,7 +39,7 @@ import psycopg  # noqa: E402
 
 from bench import load, plots, servers  # noqa: E402
 from bench.load import Socket, Stream  # noqa: E402
-from streaming.devllm import DevOptions  # noqa: E402
+from devllm.simulator import DevOptions  # noqa: E402
 from tests.support import collect_static  # noqa: E402
 
 TTFT, TPS = 0.3, 50.0

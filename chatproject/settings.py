@@ -72,6 +72,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "conversations",
     "streaming",
+    # The simulator (its `devllm` management command); production code never imports it (see streaming.upstream).
+    "devllm",
 ]
 
 MIDDLEWARE = [
@@ -272,13 +274,13 @@ CHAT_MAX_TOKENS_LIMIT = env_int("CHAT_MAX_TOKENS_LIMIT", 32_768)
 # --- HTTP API -------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "conversations.api.authentication.ApiTokenAuthentication",
+        "streaming.api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "conversations.api.errors.exception_handler",
+    "EXCEPTION_HANDLER": "streaming.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

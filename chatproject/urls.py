@@ -2,9 +2,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from chatproject import ops
+from chatproject import probes
 from conversations import views
-from conversations.api import urls as api_urls
+from streaming.api import urls as api_urls
 
 urlpatterns = [
     path("", views.chat_page, name="chat"),
@@ -12,9 +12,9 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
-    path("healthz", ops.healthz, name="healthz"),
-    path("readyz", ops.readyz, name="readyz"),
-    path("metrics", ops.metrics, name="metrics"),
+    path("healthz", probes.healthz, name="healthz"),
+    path("readyz", probes.readyz, name="readyz"),
+    path("metrics", probes.metrics, name="metrics"),
     path("api/v1/", include(api_urls.urlpatterns)),
     path("v1/", include(api_urls.openai_urlpatterns)),
 ]

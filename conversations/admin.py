@@ -19,16 +19,18 @@ from django.utils.html import linebreaks
 from django.utils.safestring import SafeString, mark_safe
 
 from conversations import exports, selectors, services
-from conversations.markdown import render_markdown
 from conversations.models import ApiToken, Conversation, Message, UserQuota
+from conversations.payloads import message_payload
 
 
-def message_html(message: Message) -> SafeString:
-    """A message as the chat shows it: an answer's markdown rendered and sanitized, a user's text as text."""
+def transcript_row(message: Message) -> tuple[Message, dict[str, Any], SafeString]:
+    """A message of the transcript: the row, its JSON form (conversations.payloads, as clients get it) and its
+    body as the chat shows it: an answer's markdown rendered and sanitized, a user's text as text."""
+    payload = message_payload(message)
     if message.role == Message.Role.ASSISTANT:
-        # content_html is the renderer's sanitized output, saved when the answer ended.
-        return mark_safe(message.content_html or render_markdown(message.content))  # noqa: S308
-    return mark_safe(linebreaks(message.content, autoescape=True))  # noqa: S308 - escaped by linebreaks
+        # The renderer's sanitized output (saved when the answer ended, or rendered from the text so far).
+        return message, payload, mark_safe(payload["html"])  # noqa: S308
+    return message, payload, mark_safe(linebreaks(message.content, autoescape=True))  # noqa: S308 - escaped
 
 
 class LastStatusFilter(admin.SimpleListFilter):
@@ -148,7 +150,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
     @admin.display(description="transcript")
     def transcript(self, obj: Conversation) -> SafeString:
-        rows = [(message, message_html(message)) for message in obj.messages.order_by("seq")]
+        rows = [transcript_row(message) for message in obj.messages.order_by("seq")]
         return mark_safe(render_to_string("admin/conversations/transcript.html", {"rows": rows}))  # noqa: S308
 
     def save_model(self, request: HttpRequest, obj: Conversation, form: Any, change: bool) -> None:

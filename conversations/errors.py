@@ -24,6 +24,11 @@ class InvalidRequest(ChatError):
     default_message = "The request is not valid."
 
 
+class ContentTooLong(ChatError):
+    code = "content_too_long"
+    default_message = "The message is too long."
+
+
 class ModelNotAllowed(ChatError):
     code = "model_not_allowed"
     default_message = "That model is not available."

@@ -8,45 +8,23 @@ import json
 from typing import Any
 
 from conversations.models import Conversation, Message
-from streaming.protocol import usage_payload
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _message(message: Message) -> dict[str, Any]:
-    return {
-        "id": str(message.pk),
-        "seq": message.seq,
-        "role": message.role,
-        "status": message.status,
-        "content": message.content,
-        "model": message.model,
-        "finish_reason": message.finish_reason or None,
-        "usage": usage_payload(message),
-        "error": {"code": message.error_code, "message": message.error_message} if message.error_code else None,
-        "tool_calls": message.tool_calls,
-        "feedback": message.feedback or None,
-        "superseded": message.superseded_at is not None,
-        "created_at": _iso(message.created_at),
-    }
+from conversations.payloads import conversation_payload, iso, message_fields, usage_payload
 
 
 def conversation_record(conversation: Conversation) -> dict[str, Any]:
-    """Precondition: `conversation.messages` is prefetched (selectors.conversations_for_export)."""
+    """A conversation as the API shows it, with its owner, the review fields and every message.
+
+    Precondition: `conversation.messages` is prefetched (selectors.conversations_for_export).
+    """
     return {
-        "id": str(conversation.pk),
+        **conversation_payload(conversation),
         "owner": conversation.owner.get_username(),
-        "title": conversation.title,
-        "model": conversation.model,
-        "system_prompt": conversation.system_prompt,
-        "temperature": conversation.temperature,
         "flagged": conversation.flagged,
         "reviewer_notes": conversation.reviewer_notes,
-        "created_at": _iso(conversation.created_at),
-        "updated_at": _iso(conversation.updated_at),
-        "messages": [_message(message) for message in conversation.messages.all()],
+        "messages": [
+            {**message_fields(message), "superseded": message.superseded_at is not None}
+            for message in conversation.messages.all()
+        ],
     }
 
 
@@ -77,7 +55,7 @@ def export_markdown(conversations: list[Conversation]) -> str:
             f"- Conversation: `{conversation.pk}`",
             f"- Owner: {conversation.owner.get_username()}",
             f"- Model: {conversation.model}",
-            f"- Created: {_iso(conversation.created_at)}; updated: {_iso(conversation.updated_at)}",
+            f"- Created: {iso(conversation.created_at)}; updated: {iso(conversation.updated_at)}",
             f"- Flagged: {'yes' if conversation.flagged else 'no'}",
         ]
         if conversation.reviewer_notes:

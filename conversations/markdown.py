@@ -15,7 +15,7 @@ answer costs time linear in its length.
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypedDict
 
 import nh3
 from markdown_it import MarkdownIt
@@ -41,6 +41,14 @@ _ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}}
 _LINK_REL = "noopener noreferrer nofollow"
 
 
+class BlockPayload(TypedDict):
+    """A finished block as clients receive it: code points [start, end) of the text, and their HTML."""
+
+    start: int
+    end: int
+    html: str
+
+
 @dataclass(frozen=True)
 class Block:
     """A finished block of markdown: the code points [start, end) of the text, and their HTML."""
@@ -49,7 +57,7 @@ class Block:
     end: int
     html: str
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> BlockPayload:
         return {"start": self.start, "end": self.end, "html": self.html}
 
 

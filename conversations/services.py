@@ -27,23 +27,13 @@ from conversations.errors import (
 )
 from conversations.markdown import render_markdown
 from conversations.models import ApiToken, Conversation, Message
+from conversations.options import TITLE_MAX_LENGTH, GenerationOptions
 
 User = AbstractBaseUser | AnonymousUser
 
 TITLE_LENGTH = 60  # a title derived from the first message
-TITLE_MAX_LENGTH = 200
 INTERRUPTED_CODE = "interrupted"
 INTERRUPTED_MESSAGE = "The server stopped while writing this answer; the text so far is kept."
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """Per-request settings; `None` keeps the conversation's current value."""
-
-    model: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    system: str | None = None
 
 
 @dataclass(frozen=True)

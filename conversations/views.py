@@ -10,6 +10,7 @@ from django.shortcuts import render
 
 from conversations import selectors
 from conversations.errors import NotFound
+from conversations.options import allowed_models, using_simulator
 
 
 # Trusted Types: the page's only HTML sink is the policy that inserts server-sanitized markdown (chat-html).
@@ -21,16 +22,17 @@ def chat_page(request: HttpRequest, conversation_id: uuid.UUID | None = None) ->
             selectors.conversation_get_for_user(user=request.user, conversation_id=str(conversation_id))
         except NotFound:
             raise Http404("No such conversation.") from None
+    models, simulator = allowed_models(), using_simulator()
     config = {
         "conversation": str(conversation_id) if conversation_id else None,
-        "models": settings.LLM_MODELS,
-        "simulator": settings.LLM_SIMULATOR,
+        "models": models,
+        "simulator": simulator,
         "maxContent": settings.CHAT_MAX_CONTENT_CHARS,
     }
     context = {
         "config": config,
-        "models": settings.LLM_MODELS,
-        "simulator": settings.LLM_SIMULATOR,
+        "models": models,
+        "simulator": simulator,
         "max_content": settings.CHAT_MAX_CONTENT_CHARS,
     }
     return render(request, "chat/index.html", context)

@@ -20,12 +20,16 @@ from channels.layers import get_channel_layer
 from conversations import selectors, services
 from conversations.errors import ChatError
 from conversations.models import Message
+from conversations.payloads import conversation_payload, message_payload
 from conversations.services import Turn
-from streaming import lifecycle, protocol, sockets
-from streaming.db import orm
-from streaming.dispatch import Source, dispatch_in_order
-from streaming.engine import get_engine, user_group
+from streaming import events, lifecycle, protocol, sockets
+from streaming.actions import chat_cancel, chat_delete, chat_edit, chat_regenerate, chat_rename, chat_send
+from streaming.aio import Source, dispatch_in_order, orm
+from streaming.events import user_group
+from streaming.lifecycle import get_engine
 from streaming.protocol import (
+    CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_UNAUTHENTICATED,
     Cancel,
     Delete,
     Edit,
@@ -40,16 +44,9 @@ from streaming.protocol import (
     Resume,
     Send,
 )
-from streaming.services import chat_cancel, chat_delete, chat_edit, chat_regenerate, chat_rename, chat_send
 from streaming.watch import Watcher
 
 log = logging.getLogger(__name__)
-
-# An application close code (RFC 6455 reserves 4000-4999 for applications; servers may not send 1008 from an
-# application through daphne). 4401 reads as HTTP 401: log in, then reconnect.
-CLOSE_UNAUTHENTICATED = 4401
-# 4429 reads as HTTP 429: the user has CHAT_MAX_SOCKETS_PER_USER sockets open already.
-CLOSE_TOO_MANY_SOCKETS = 4429
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -103,16 +100,29 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await dispatch_in_order([receive, self.channel_receive], self.dispatch)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Channels' dispatch without its `aclose_old_connections()` before every message.
+        """Routes a message: `gen.*` events by the table of streaming.events, the rest as channels does.
 
-        That call is a hop to the one thread that runs every ORM call of the process, made for each delta of
-        each socket: under load the database work queued behind it, and answers waited seconds to start. This
-        consumer reaches the database only through streaming.db.orm (database_sync_to_async on worker
-        threads), which closes stale connections itself, and its layer events never touch the database.
+        Unlike channels' dispatch there is no `aclose_old_connections()` before every message. That call is a
+        hop to the one thread that runs every ORM call of the process, made for each delta of each socket:
+        under load the database work queued behind it, and answers waited seconds to start. This consumer
+        reaches the database only through streaming.aio.orm, which closes stale connections itself, and its
+        layer events never touch the database.
         """
+        kind = message["type"]
+        if kind in events.WATCHER_HANDLERS:
+            if self.watcher is not None:
+                try:
+                    await self.watcher.handle(message)
+                except Exception:
+                    # The database away during a repair, say: it must not end the socket.
+                    log.warning("handling a layer event failed", exc_info=True, extra={"kind": kind})
+            return
+        if kind in events.LIST_HANDLERS:
+            await getattr(self, events.LIST_HANDLERS[kind])(message)
+            return
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
+            raise ValueError(f"No handler for message type {kind}")
         await handler(message)
 
     async def emit(self, event: dict[str, Any]) -> None:
@@ -187,7 +197,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 )
                 await self.emit(
                     protocol.with_ref(
-                        {"type": "conversation", "conversation": protocol.conversation_payload(conversation)},
+                        {"type": "conversation", "conversation": conversation_payload(conversation)},
                         request.id,
                     )
                 )
@@ -217,7 +227,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Subscribe before reading, so nothing falls between the read and the subscription.
         await self.watcher.follow(str(conversation.pk))
         messages, has_more = await orm(selectors.conversation_messages_page)(conversation=conversation)
-        payloads = [protocol.message_payload(message) for message in messages]
+        payloads = [message_payload(message) for message in messages]
         await self.emit(protocol.history_event(conversation, payloads, has_more=has_more, ref=request.id))
         self.watcher.mark_announced(*(payload["id"] for payload in payloads))
         for payload in payloads:
@@ -235,19 +245,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def resume(self, request: Resume) -> None:
         assert self.watcher is not None  # noqa: S101
-        get = orm(selectors.message_get_for_user)
-        message = await get(user=self.user, message_id=request.message)
-        await self.watcher.follow(str(message.conversation_id))
-        # Read again after subscribing, so an answer that ended in between is seen as ended.
-        message = await get(user=self.user, message_id=request.message)
-        self.watcher.mark_announced(str(message.pk))
-        if message.status == Message.Status.STREAMING:
-            rendered = request.rendered if request.rendered is not None else request.offset
-            await self.watcher.watch(str(message.pk), request.offset, rendered)
-        else:
-            # Also beyond its end: a client can hold live text that was never saved (its process died after
-            # the last checkpoint); the `done` carries the saved length.
-            await self.watcher.send_final(message, request.offset)
+        await self.watcher.resume(
+            user=self.user, message_id=request.message, offset=request.offset, rendered=request.rendered
+        )
 
     async def list_conversations(self, request: ListConversations) -> None:
         page, has_more = await orm(selectors.conversation_list_for_user)(
@@ -257,43 +257,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "type": "conversations",
             "query": request.query,
             "offset": request.offset,
-            "conversations": [protocol.conversation_payload(conversation, live=live) for conversation, live in page],
+            "conversations": [conversation_payload(conversation, live=live) for conversation, live in page],
             "has_more": has_more,
         }
         await self.emit(protocol.with_ref(event, request.id))
 
-    # --- layer events (from generations, via the conversation group or a direct resume reply) ------------
-    # A failure while handling one (the database away during a repair) is logged: it must not end the socket.
+    # --- the user's list of conversations (user group events) ----------------------------------------------
 
-    async def gen_message(self, event: dict[str, Any]) -> None:
-        await self._to_watcher("on_message", event["message"])
-
-    async def gen_delta(self, event: dict[str, Any]) -> None:
-        await self._to_watcher("on_delta", event)
-
-    async def gen_tools(self, event: dict[str, Any]) -> None:
-        await self._to_watcher("on_tools", event)
-
-    async def gen_done(self, event: dict[str, Any]) -> None:
-        await self._to_watcher("on_done", event)
-
-    async def gen_superseded(self, event: dict[str, Any]) -> None:
-        await self._to_watcher("on_superseded", event)
-
-    async def _to_watcher(self, handler: str, payload: dict[str, Any]) -> None:
-        if self.watcher is None:
-            return
-        try:
-            await getattr(self.watcher, handler)(payload)
-        except Exception:
-            log.warning("handling a layer event failed", exc_info=True, extra={"handler": handler})
-
-    # --- layer events for the user's list of conversations (the user group) ------------------------------
-
-    async def gen_conversation(self, event: dict[str, Any]) -> None:
+    async def on_conversation(self, event: events.ConversationEvent) -> None:
         await self.emit({"type": "conversation", "conversation": event["conversation"]})
 
-    async def gen_conversation_deleted(self, event: dict[str, Any]) -> None:
+    async def on_conversation_deleted(self, event: events.ConversationDeletedEvent) -> None:
         if self.watcher is not None and self.watcher.conversation_id == event["conversation"]:
             await self.watcher.unfollow()
         await self.emit({"type": "conversation_deleted", "conversation": event["conversation"]})

@@ -8,7 +8,8 @@
    their watchers wherever those now are.
 4. Save what is left as `interrupted` (text kept; watchers get `done`) and close the upstream connections.
 
-Daphne has no ASGI lifespan, so the signal handlers are installed when the engine starts (see `install`).
+This module owns the process's engine: `get_engine()` creates it on first use and, since daphne has no ASGI
+lifespan, installs the signal handlers then (see `install`).
 """
 
 import asyncio
@@ -16,18 +17,14 @@ import logging
 import signal
 import sys
 import weakref
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 
-if TYPE_CHECKING:
-    from streaming.engine import Engine
+from streaming.engine import Engine
+from streaming.protocol import CLOSE_SERVICE_RESTART
 
 log = logging.getLogger(__name__)
-
-# "The server is restarting; reconnect." RFC 6455 has 1012 for it, but daphne lets an application send only
-# 1000 and 3000-4999, so it is an application code that reads as HTTP 503.
-CLOSE_SERVICE_RESTART = 4503
 
 
 class Closable(Protocol):
@@ -45,7 +42,20 @@ def socket_closed(socket: Closable) -> None:
     _sockets.discard(socket)
 
 
-def install(engine: "Engine") -> None:
+_engines: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Engine]" = weakref.WeakKeyDictionary()
+
+
+def get_engine() -> Engine:
+    """The engine of the running event loop: one per process under daphne, one per test loop in tests."""
+    loop = asyncio.get_running_loop()
+    engine = _engines.get(loop)
+    if engine is None:
+        engine = _engines[loop] = Engine()
+        install(engine)
+    return engine
+
+
+def install(engine: Engine) -> None:
     """Makes SIGTERM and SIGINT drain the process, then stop daphne's reactor. Outside daphne, does nothing.
 
     Daphne's own "before shutdown" trigger cancels every application instance at once, which would drop
@@ -75,14 +85,14 @@ def install(engine: "Engine") -> None:
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
 
 
-async def _drain_then_stop(engine: "Engine", reactor: Any) -> None:
+async def _drain_then_stop(engine: Engine, reactor: Any) -> None:
     try:
         await drain(engine, reactor)
     finally:
         reactor.stop()
 
 
-async def drain(engine: "Engine", reactor: Any) -> None:
+async def drain(engine: Engine, reactor: Any) -> None:
     _stop_listening(reactor)
     engine.draining = True
     sockets = list(_sockets)

@@ -1,25 +1,40 @@
-"""Protocol v1: the client requests the server accepts and the events it emits (see docs/protocol.md).
+"""Protocol v1 (docs/protocol.md): the requests a WebSocket client sends, the events every client receives,
+and the WebSocket close codes.
 
-Parsing is strict and total: any input either becomes one of the request dataclasses or raises
-`ProtocolError` with a stable code, so a consumer never has to guess what a frame meant.
+Parsing is strict and total: any frame either becomes one of the request dataclasses or raises
+`ProtocolError` with a stable code, so a consumer never has to guess what a frame meant. The events are the
+one vocabulary of the WebSocket and of the HTTP event streams (streaming.api.sse); the records inside them
+take their JSON form from conversations.payloads.
 """
 
 import json
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 
-from conversations.errors import ChatError, ModelNotAllowed
-from conversations.markdown import render_blocks, render_markdown
+from conversations.errors import ChatError
+from conversations.markdown import BlockPayload
 from conversations.models import Conversation, Message
-from conversations.services import GenerationOptions
+from conversations.options import (
+    MAX_ID_LENGTH,
+    TITLE_MAX_LENGTH,
+    Fields,
+    GenerationOptions,
+    allowed_models,
+    using_simulator,
+)
+from conversations.payloads import ErrorPayload, conversation_payload, message_payload
 
 PROTOCOL_VERSION = 1
-MAX_ID_LENGTH = 64
-MAX_SYSTEM_CHARS = 8_000
-TITLE_MAX_LENGTH = 200
+
+# Close codes. RFC 6455 leaves 4000-4999 to applications, and daphne lets an application send only 1000 and
+# 3000-4999, so each is an application code that reads as the HTTP status it resembles.
+CLOSE_UNAUTHENTICATED = 4401  # log in, then reconnect
+CLOSE_TOO_MANY_SOCKETS = 4429  # the user has CHAT_MAX_SOCKETS_PER_USER sockets open already
+# "The server is restarting; reconnect" (RFC 6455's 1012, which an application cannot send through daphne).
+CLOSE_SERVICE_RESTART = 4503
 
 
 class ProtocolError(ChatError):
@@ -121,104 +136,23 @@ Request = (
 # --- Parsing ----------------------------------------------------------------------------------------------
 
 
-class _Fields:
-    """Typed access to a request object's fields, raising ProtocolError that names the field."""
-
-    def __init__(self, data: dict[str, Any], ref: str | None) -> None:
-        self.data = data
-        self.ref = ref
-
-    def fail(self, field: str, problem: str) -> ProtocolError:
-        return ProtocolError("invalid_request", f"'{field}' {problem}.", self.ref, field=field)
-
-    def string(self, field: str, *, required: bool = True, max_length: int | None = None) -> str | None:
-        value = self.data.get(field)
-        if value is None:
-            if required:
-                raise self.fail(field, "is required")
-            return None
-        if not isinstance(value, str):
-            raise self.fail(field, "must be a string")
-        if max_length is not None and len(value) > max_length:
-            raise self.fail(field, f"must be at most {max_length} characters")
-        return value
-
-    def required_string(self, field: str, *, max_length: int | None = None) -> str:
-        value = self.string(field, max_length=max_length)
-        assert value is not None  # noqa: S101 - guaranteed by required=True
-        return value
-
-    def identifier(self, field: str, *, required: bool = True) -> str | None:
-        value = self.string(field, required=required, max_length=MAX_ID_LENGTH)
-        if value is not None and not value:
-            raise self.fail(field, "must not be empty")
-        return value
-
-    def number(self, field: str, *, low: float, high: float, integer: bool = False) -> float | None:
-        value = self.data.get(field)
-        if value is None:
-            return None
-        # bool is an int in Python; true/false is never a valid number here.
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise self.fail(field, "must be a number")
-        if integer and not isinstance(value, int):
-            raise self.fail(field, "must be an integer")
-        if not low <= value <= high:
-            raise self.fail(field, f"must be between {low:g} and {high:g}")
-        number: float = value
-        return number
-
-    def content(self, field: str = "content") -> str:
-        value = self.required_string(field)
-        if not value.strip():
-            raise self.fail(field, "must not be blank")
-        limit = settings.CHAT_MAX_CONTENT_CHARS
-        if len(value) > limit:
-            raise ProtocolError(
-                "content_too_long", f"The message is longer than {limit} characters.", self.ref, field=field
-            )
-        return value
-
-    def options(self) -> GenerationOptions:
-        model = self.string("model", required=False, max_length=200)
-        if model is not None:
-            try:
-                model_check(model)
-            except ModelNotAllowed as exc:
-                raise ProtocolError(exc.code, exc.message, self.ref, field="model") from None
-        temperature = self.number("temperature", low=0, high=2)
-        max_tokens = self.number("max_tokens", low=1, high=settings.CHAT_MAX_TOKENS_LIMIT, integer=True)
-        return GenerationOptions(
-            model=model,
-            temperature=temperature,
-            max_tokens=int(max_tokens) if max_tokens is not None else None,
-            system=self.string("system", required=False, max_length=MAX_SYSTEM_CHARS),
-        )
-
-
-def using_simulator() -> bool:
-    return bool(settings.LLM_SIMULATOR)
-
-
-def model_check(model: str) -> None:
-    """Raises ModelNotAllowed unless the model is configured.
-
-    With the dev upstream, a configured name may carry simulator options (`dev:tps=5,fault=drop`, see
-    docs/devllm.md); those exist only in the simulator and are how tests select its fault modes.
-    """
-    allowed = settings.LLM_MODELS
-    if model in allowed or (using_simulator() and model.split(":", 1)[0] in allowed):
-        return
-    raise ModelNotAllowed(f"Model {model!r} is not available; choose one of: {', '.join(allowed)}.")
-
-
 def parse_request(data: object) -> Request:
-    """Turns a decoded JSON value into a request, or raises ProtocolError."""
+    """Turns a decoded JSON value into a request, or raises ProtocolError (naming the request's id, when it
+    has a usable one, as `ref`)."""
     if not isinstance(data, dict):
         raise ProtocolError("invalid_frame", "A frame must be a JSON object with a 'type'.")
     raw_ref = data.get("id")
     ref = raw_ref if isinstance(raw_ref, str) and len(raw_ref) <= MAX_ID_LENGTH else None
-    fields = _Fields(data, ref)
+    try:
+        return _request(data, ref)
+    except ProtocolError:
+        raise
+    except ChatError as exc:
+        raise ProtocolError(exc.code, exc.message, ref, field=exc.field) from None
+
+
+def _request(data: dict[str, Any], ref: str | None) -> Request:
+    fields = Fields(data)
     kind = data.get("type")
     if kind == "send":
         conversation = fields.identifier("conversation", required=False)
@@ -272,18 +206,7 @@ def parse_request(data: object) -> Request:
     raise ProtocolError("unknown_type", f"Unknown request type {kind!r}.", ref)
 
 
-def parse_options(data: dict[str, Any]) -> GenerationOptions:
-    """The generation settings of a request object (`model`, `temperature`, `max_tokens`, `system`), checked as
-    in `send`; for the HTTP API, which takes the same fields."""
-    return _Fields(data, None).options()
-
-
-def parse_content(data: dict[str, Any], field: str = "content") -> str:
-    """A message text checked as in `send` (not blank, at most CHAT_MAX_CONTENT_CHARS)."""
-    return _Fields(data, None).content(field)
-
-
-def _required_id(fields: _Fields, name: str) -> str:
+def _required_id(fields: Fields, name: str) -> str:
     value = fields.identifier(name)
     assert value is not None  # noqa: S101 - required
     return value
@@ -305,75 +228,11 @@ def parse_frame(text: str) -> Request:
 # --- Events -----------------------------------------------------------------------------------------------
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def conversation_payload(conversation: Conversation, *, live: bool | None = None) -> dict[str, Any]:
-    """`live` (whether an answer is being written in it) is included when the caller knows it."""
-    payload = {
-        "id": str(conversation.pk),
-        "title": conversation.title,
-        "model": conversation.model,
-        "system": conversation.system_prompt,
-        "temperature": conversation.temperature,
-        "created_at": _iso(conversation.created_at),
-        "updated_at": _iso(conversation.updated_at),
-    }
-    if live is not None:
-        payload["live"] = live
-    return payload
-
-
-def usage_payload(message: Message) -> dict[str, int] | None:
-    if message.prompt_tokens is None and message.completion_tokens is None:
-        return None
-    prompt, completion = message.prompt_tokens or 0, message.completion_tokens or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def error_payload(code: str, message: str) -> dict[str, str] | None:
-    return {"code": code, "message": message} if code else None
-
-
-def rendered_html(message: Message) -> tuple[str, int]:
-    """The sanitized HTML of an answer so far and how many code points of its content it covers.
-
-    A finished answer has all its HTML (saved at the end); a streaming one has the HTML of its finished
-    blocks, and the rest of its content is an unfinished tail that clients show as plain text.
-    """
-    if message.status != Message.Status.STREAMING:
-        return message.content_html or render_markdown(message.content), len(message.content)
-    blocks, _tail = render_blocks(message.content)
-    return "".join(block.html for block in blocks), blocks[-1].end if blocks else 0
-
-
-def message_payload(message: Message) -> dict[str, Any]:
-    html, rendered = rendered_html(message) if message.role == Message.Role.ASSISTANT else ("", 0)
-    return {
-        "id": str(message.pk),
-        "conversation": str(message.conversation_id),
-        "seq": message.seq,
-        "role": message.role,
-        "content": message.content,
-        "html": html,
-        "rendered": rendered,
-        "status": message.status,
-        "model": message.model,
-        "finish_reason": message.finish_reason or None,
-        "usage": usage_payload(message),
-        "error": error_payload(message.error_code, message.error_message),
-        "tool_calls": message.tool_calls,
-        "feedback": message.feedback or None,
-        "created_at": _iso(message.created_at),
-    }
-
-
 def ready_event() -> dict[str, Any]:
     return {
         "type": "ready",
         "protocol": PROTOCOL_VERSION,
-        "models": settings.LLM_MODELS,
+        "models": allowed_models(),
         "simulator": using_simulator(),
     }
 
@@ -405,7 +264,7 @@ def message_event(message: Message, ref: str | None = None) -> dict[str, Any]:
     return with_ref({"type": "message", "message": message_payload(message)}, ref)
 
 
-def delta_event(message_id: str, offset: int, text: str, blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def delta_event(message_id: str, offset: int, text: str, blocks: list[BlockPayload] | None = None) -> dict[str, Any]:
     """`blocks` are finished markdown blocks ({start, end, html}) that the text completed."""
     event: dict[str, Any] = {"type": "delta", "message": message_id, "offset": offset, "text": text}
     if blocks:
@@ -430,9 +289,9 @@ def done_event(
     *,
     length: int,
     usage: dict[str, int] | None = None,
-    error: dict[str, str] | None = None,
+    error: ErrorPayload | None = None,
     finish_reason: str | None = None,
-    blocks: list[dict[str, Any]] | None = None,
+    blocks: list[BlockPayload] | None = None,
     html: str | None = None,
 ) -> dict[str, Any]:
     """The end of an answer, `length` code points long. Its last markdown blocks come as `blocks` when the
@@ -451,5 +310,5 @@ def done_event(
     return event
 
 
-def tool_calls_event(message_id: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+def tool_calls_event(message_id: str, tool_calls: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"type": "tool_calls", "message": message_id, "tool_calls": tool_calls}

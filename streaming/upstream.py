@@ -44,8 +44,6 @@ from django.conf import settings
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from streaming import devllm
-
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_WAIT = 0.5  # seconds before the first retry of a failure that names no wait; doubles after
@@ -125,6 +123,19 @@ class UpstreamError(Exception):
         return f"UpstreamError({self.code!r}, {self.message!r}, status={self.status!r})"
 
 
+async def base_url() -> str:
+    """LLM_BASE_URL, or without it the URL of the simulator embedded in this process.
+
+    The simulator is a dev app (`devllm`): it is imported here, on first use, and only when no model server
+    is configured, so a production process never loads it.
+    """
+    if settings.LLM_BASE_URL:
+        return str(settings.LLM_BASE_URL)
+    from devllm.simulator import embedded_base_url
+
+    return await embedded_base_url()
+
+
 # --- the shared client -------------------------------------------------------------------------------------
 
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
@@ -181,8 +192,7 @@ async def stream_chat(
     request: ChatRequest, *, stall_seconds: float | None = None
 ) -> AsyncGenerator[UpstreamEvent, None]:
     """Streams one chat completion as events; see the module docstring for failures and retries."""
-    base_url = settings.LLM_BASE_URL or await devllm.embedded_base_url()
-    url = f"{base_url}/chat/completions"
+    url = f"{await base_url()}/chat/completions"
     stall = settings.LLM_STALL_SECONDS if stall_seconds is None else stall_seconds
     body = _body(request)
     started = False  # whether a token has been yielded: from then on, never retry

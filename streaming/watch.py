@@ -16,11 +16,15 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
 
+from conversations import selectors
+from conversations.markdown import BlockPayload
 from conversations.models import Message
-from conversations.services import Turn
-from streaming import metrics, protocol
-from streaming.db import orm
-from streaming.engine import conversation_group, get_engine
+from conversations.payloads import ErrorPayload, error_payload, message_payload, rendered_html, usage_payload
+from conversations.services import Turn, User
+from streaming import events, metrics, protocol
+from streaming.aio import orm
+from streaming.events import conversation_group
+from streaming.lifecycle import get_engine
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +112,30 @@ class Watcher:
         for message in (turn.user_message, answer):
             if message is not None:
                 self.mark_announced(str(message.pk))
-                payload = protocol.message_payload(message)
+                payload = message_payload(message)
                 await self.emit(protocol.with_ref({"type": "message", "message": payload}, ref))
         if answer.status == Message.Status.STREAMING:
             await self.watch(str(answer.pk), len(answer.content), payload["rendered"], ask=not turn.created)
         else:
             await self.send_final(answer, len(answer.content))
+
+    async def resume(self, *, user: User, message_id: str, offset: int, rendered: int | None = None) -> Message:
+        """Follows one of the user's messages from `offset` (the text the client has; `rendered`, the text whose
+        HTML it has, defaults to all of it): the rest of a finished message and its `done`, or the live text of
+        an answer being written. Returns the message as read. Raises NotFound for someone else's."""
+        get = orm(selectors.message_get_for_user)
+        message = await get(user=user, message_id=message_id)
+        await self.follow(str(message.conversation_id))
+        # Read again once subscribed, so an answer that ended in between is seen as ended.
+        message = await get(user=user, message_id=message_id)
+        self.mark_announced(str(message.pk))
+        if message.status == Message.Status.STREAMING:
+            await self.watch(str(message.pk), offset, offset if rendered is None else rendered)
+        else:
+            # Also beyond its end: a client can hold live text that was never saved (its process died after
+            # the last checkpoint); the `done` carries the saved length.
+            await self.send_final(message, offset)
+        return message
 
     async def watch(self, message_id: str, offset: int, rendered: int, *, ask: bool = True) -> None:
         """Streams a `streaming` message to the client from `offset` (the text it has) and `rendered` (the
@@ -137,22 +159,12 @@ class Watcher:
 
     # --- layer events ------------------------------------------------------------------------------------
 
-    async def dispatch(self, event: dict[str, Any]) -> None:
-        """Hands a layer event to its handler below, for clients that read their channel themselves (the
-        HTTP event streams); a consumer gets the same routing from channels' `gen.*` → `gen_*` methods."""
-        kind = event.get("type")
-        if kind == "gen.message":
-            await self.on_message(event["message"])
-        elif kind == "gen.delta":
-            await self.on_delta(event)
-        elif kind == "gen.tools":
-            await self.on_tools(event)
-        elif kind == "gen.done":
-            await self.on_done(event)
-        elif kind == "gen.superseded":
-            await self.on_superseded(event)
+    async def handle(self, event: dict[str, Any]) -> None:
+        """Hands a conversation event (or a resume reply) to its handler below (events.WATCHER_HANDLERS)."""
+        await getattr(self, events.WATCHER_HANDLERS[event["type"]])(event)
 
-    async def on_message(self, payload: dict[str, Any]) -> None:
+    async def on_message(self, event: events.MessageEvent) -> None:
+        payload = event["message"]
         message_id = payload["id"]
         async with self._lock:
             # Events of a conversation this client just left may still be queued for it.
@@ -164,7 +176,7 @@ class Watcher:
             content = payload["content"]
             await self.watch(message_id, len(content), payload.get("rendered", 0), ask=bool(content))
 
-    async def on_delta(self, event: dict[str, Any]) -> None:
+    async def on_delta(self, event: events.DeltaEvent) -> None:
         message_id, offset, text = event["message"], event["offset"], event["text"]
         async with self._lock:
             watch = self.watches.get(message_id)
@@ -189,17 +201,17 @@ class Watcher:
         if ask:
             await self._ask(message_id)
 
-    async def on_superseded(self, event: dict[str, Any]) -> None:
+    async def on_superseded(self, event: events.SupersededEvent) -> None:
         if event["conversation"] == self.conversation_id:
             await self.emit(
                 {"type": "superseded", "conversation": event["conversation"], "messages": list(event["messages"])}
             )
 
-    async def on_tools(self, event: dict[str, Any]) -> None:
+    async def on_tools(self, event: events.ToolsEvent) -> None:
         if event["message"] in self.watches:
             await self.emit(protocol.tool_calls_event(event["message"], event["tool_calls"]))
 
-    async def on_done(self, event: dict[str, Any]) -> None:
+    async def on_done(self, event: events.DoneEvent) -> None:
         message_id = event["message"]
         watch = self.watches.get(message_id)
         if watch is None:
@@ -230,7 +242,7 @@ class Watcher:
         A client that has more text than was saved (`offset` beyond the end) learns the saved length from the
         `done` and drops the rest: what was not saved is not part of the answer.
         """
-        html, _ = protocol.rendered_html(message)
+        html, _ = rendered_html(message)
         async with self._lock:
             if offset < len(message.content):
                 await self.emit(protocol.delta_event(str(message.pk), offset, message.content[offset:]))
@@ -239,8 +251,8 @@ class Watcher:
                     str(message.pk),
                     message.status,
                     length=len(message.content),
-                    usage=protocol.usage_payload(message),
-                    error=protocol.error_payload(message.error_code, message.error_message),
+                    usage=usage_payload(message),
+                    error=error_payload(message.error_code, message.error_message),
                     finish_reason=message.finish_reason or None,
                     html=html,
                 )
@@ -260,7 +272,7 @@ class Watcher:
             return False
         del self.watches[message_id]
         if row is None:
-            gone = {"code": "not_found", "message": "The conversation was deleted."}
+            gone: ErrorPayload = {"code": "not_found", "message": "The conversation was deleted."}
             async with self._lock:
                 await self.emit(
                     protocol.done_event(message_id, Message.Status.CANCELLED, length=watch.offset, error=gone)
@@ -305,10 +317,10 @@ class Watcher:
                 await self._ask(message_id)
 
 
-def _new_blocks(watch: _Watch, blocks: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], bool]:
+def _new_blocks(watch: _Watch, blocks: list[BlockPayload] | None) -> tuple[list[BlockPayload], bool]:
     """The blocks of an event that the client lacks, in order, advancing `watch.rendered`; and whether one is
     missing before them (then the generation must be asked again)."""
-    fresh: list[dict[str, Any]] = []
+    fresh: list[BlockPayload] = []
     for block in blocks or ():
         if block["end"] <= watch.rendered:
             continue

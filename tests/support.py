@@ -21,7 +21,7 @@ from django.db import connection
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Origin
 
-from streaming.devllm import DevLLM, DevOptions, DevStats
+from devllm.simulator import DevLLM, DevOptions, DevStats
 
 ROOT = Path(__file__).resolve().parent.parent
 RECV_TIMEOUT = 15.0

@@ -6,6 +6,7 @@ import pytest
 
 from conversations import services
 from conversations.models import ApiToken, Conversation, Message
+from conversations.options import GenerationOptions
 from tests.support import unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -20,7 +21,7 @@ def finished_turn(owner) -> tuple[str, str, str]:
         client_id=unique(),
         conversation_id=None,
         content="Hello there",
-        options=services.GenerationOptions(model="dev"),
+        options=GenerationOptions(model="dev"),
     )
     services.message_finish(message_id=str(turn.assistant_message.pk), status="complete", content="Hi!")
     assert turn.user_message is not None

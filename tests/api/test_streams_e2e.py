@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 
 from conversations.models import Conversation, Message
 from tests.api.conftest import EventReader
-from tests.services import reachable
+from tests.reachability import reachable
 from tests.support import require, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -8,9 +8,10 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 
-from conversations.api import schemas
+from conversations import payloads
 from conversations.models import ApiToken
-from streaming import protocol
+from conversations.options import GenerationOptions
+from streaming.api import schemas
 from tests.support import unique
 
 pytestmark = pytest.mark.django_db
@@ -89,10 +90,10 @@ def test_schema_documents_the_message_payload_exactly():
 
     user = get_user_model().objects.create_user(username="schema")
     turn = services.message_send(
-        user=user, client_id=unique(), conversation_id=None, content="hi", options=services.GenerationOptions()
+        user=user, client_id=unique(), conversation_id=None, content="hi", options=GenerationOptions()
     )
-    assert set(schemas.MessageSchema().fields) == set(protocol.message_payload(turn.assistant_message))
-    assert set(schemas.ConversationSchema().fields) == set(protocol.conversation_payload(turn.conversation, live=True))
+    assert set(schemas.MessageSchema().fields) == set(payloads.message_payload(turn.assistant_message))
+    assert set(schemas.ConversationSchema().fields) == set(payloads.conversation_payload(turn.conversation, live=True))
 
 
 def test_docs_page_lists_every_endpoint_without_scripts(client):

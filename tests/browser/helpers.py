@@ -8,6 +8,7 @@ from playwright.sync_api import Page
 
 from conversations import services
 from conversations.models import Conversation, Message
+from conversations.options import GenerationOptions
 
 # The simulator's options ride in the model name; the page offers only the configured names, so a test adds
 # the one it wants to the picker, as a user would pick a model.
@@ -98,7 +99,7 @@ def wait_saved(message_id: str, status: str, page: Page, timeout: float = 20.0) 
 
 
 def expected_answer(server_defaults: Any, model: str, prompt: str) -> str:
-    from streaming.devllm import answer_text, parse_model
+    from devllm.simulator import answer_text, parse_model
 
     return answer_text([{"role": "user", "content": prompt}], parse_model(model, server_defaults)[1])
 
@@ -112,7 +113,7 @@ def long_conversation(user: Any, turns: int) -> Conversation:
             client_id=uuid.uuid4().hex,
             conversation_id=str(conversation.pk) if conversation else None,
             content=f"question {number}",
-            options=services.GenerationOptions(),
+            options=GenerationOptions(),
         )
         conversation = turn.conversation
         services.message_finish(

@@ -10,6 +10,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from conversations import services
 from conversations.models import Conversation, Message
+from conversations.options import GenerationOptions
 from tests.browser.helpers import (
     expected_answer,
     html_text,
@@ -257,7 +258,7 @@ def test_long_conversations_load_older_messages_on_demand(daphne, login, setting
 def test_someone_elses_conversation_is_a_404(daphne, login, make_user):
     owner, _ = make_user()
     turn = services.message_send(
-        user=owner, client_id="x", conversation_id=None, content="private", options=services.GenerationOptions()
+        user=owner, client_id="x", conversation_id=None, content="private", options=GenerationOptions()
     )
     _, context = login(daphne)
     page = context.new_page()

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from conversations import services
 from conversations.models import Message
+from conversations.options import GenerationOptions
 from tests.browser.helpers import latest_answer, send, use_model, wait_for_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -85,7 +86,7 @@ def test_an_interrupted_answer_shows_its_partial_text_and_says_so(daphne_factory
     server = daphne_factory(CHAT_SWEEP_SECONDS="0.5")
     user, context = login(server)
     turn = services.message_send(
-        user=user, client_id="orphan", conversation_id=None, content="lost", options=services.GenerationOptions()
+        user=user, client_id="orphan", conversation_id=None, content="lost", options=GenerationOptions()
     )
     # An answer whose process died: still `streaming`, its lease run out, some text saved.
     Message.objects.filter(pk=turn.assistant_message.pk).update(

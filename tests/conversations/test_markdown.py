@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conversations.markdown import Block, BlockSplitter, render_blocks, render_markdown
-from streaming.devllm import DevOptions, answer_text
+from devllm.simulator import DevOptions, answer_text
 
 
 def test_raw_html_in_model_output_stays_text():

@@ -13,7 +13,7 @@ from django.utils import timezone
 from conversations import selectors, services
 from conversations.errors import ConversationBusy, InvalidState, NotFound, TooManyGenerations, TooManyRequests
 from conversations.models import Message
-from conversations.services import GenerationOptions
+from conversations.options import GenerationOptions
 
 pytestmark = pytest.mark.django_db
 

@@ -16,7 +16,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
-from streaming.devllm import answer_text, parse_model
+from devllm.simulator import answer_text, parse_model
 from tests.deploy.conftest import Deployment
 from tests.deploy.harness import manage
 from tests.support import ChatSocket, DevLLMThread, unique

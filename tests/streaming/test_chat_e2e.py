@@ -6,7 +6,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from conversations.models import Message
-from streaming.devllm import answer_text, parse_model
+from devllm.simulator import answer_text, parse_model
 from tests.support import ChatSocket, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -7,6 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from conversations.models import Conversation, Message
+from conversations.options import GenerationOptions
 from tests.support import ChatSocket, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -108,7 +109,7 @@ def _long_conversation(user, turns: int) -> str:
             client_id=unique(),
             conversation_id=str(conversation.pk) if conversation else None,
             content=f"q{number}",
-            options=services.GenerationOptions(),
+            options=GenerationOptions(),
         )
         conversation = turn.conversation
         services.message_finish(message_id=str(turn.assistant_message.pk), status="complete", content=f"a{number}")

@@ -13,25 +13,11 @@ from django.utils import timezone
 
 from conversations import services
 from conversations.models import Message
-from streaming.engine import conversation_group, get_engine
+from conversations.options import GenerationOptions
+from streaming.events import conversation_group
 from tests.support import unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def llm(settings, upstream):
-    settings.LLM_BASE_URL = upstream.base_url
-    settings.LLM_MODELS = ["dev"]
-    settings.LLM_SIMULATOR = True
-    return upstream
-
-
-@pytest.fixture
-async def engine(llm):
-    engine = get_engine()
-    yield engine
-    await engine.shutdown()
 
 
 def new_turn(model: str) -> services.Turn:
@@ -41,7 +27,7 @@ def new_turn(model: str) -> services.Turn:
         client_id=unique(),
         conversation_id=None,
         content="count writes",
-        options=services.GenerationOptions(model=model),
+        options=GenerationOptions(model=model),
     )
 
 

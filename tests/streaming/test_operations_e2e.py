@@ -7,7 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from websockets.exceptions import ConnectionClosed
 
-from streaming.consumers import CLOSE_TOO_MANY_SOCKETS
+from streaming.protocol import CLOSE_TOO_MANY_SOCKETS
 from tests.support import ChatSocket, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -9,8 +9,8 @@ from asgiref.sync import sync_to_async
 from websockets.exceptions import ConnectionClosed
 
 from conversations.models import Message
-from streaming.lifecycle import CLOSE_SERVICE_RESTART
-from tests.services import reachable
+from streaming.protocol import CLOSE_SERVICE_RESTART
+from tests.reachability import reachable
 from tests.support import ChatSocket, require, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -9,9 +9,10 @@ from contextlib import aclosing
 
 import pytest
 
-from streaming import devllm, upstream
+from devllm import simulator
+from streaming import upstream
 from streaming.upstream import ChatRequest, StreamEnd, TextDelta, UpstreamEvent, aclose_clients, stream_chat
-from tests.devllm_fixtures import collect, eventually, expected_prefix, expected_text, running_devllm, user
+from tests.devllm.fixtures import collect, eventually, expected_prefix, expected_text, running_devllm, user
 from tests.support import free_port, unique
 
 # Every kind of text a stream must carry through intact: emoji (with a ZWJ sequence and a flag), CJK, a
@@ -115,13 +116,13 @@ async def test_connections_are_reused_across_streams(llm):
 
 
 async def test_without_a_base_url_the_embedded_simulator_answers(settings, monkeypatch):
-    monkeypatch.setattr(devllm, "_embedded", {})
+    monkeypatch.setattr(simulator, "_embedded", {})
     settings.LLM_BASE_URL = ""
     request_key = unique()
     result = await collect(f"dev:ttft=0,tps=5000,echo,key={request_key}", "embedded")
     assert result.text == "embedded"
-    server, _ = devllm._embedded[asyncio.get_running_loop()]
-    assert await devllm.embedded_base_url() == server.base_url, "one simulator per event loop"
+    server, _ = simulator._embedded[asyncio.get_running_loop()]
+    assert await simulator.embedded_base_url() == server.base_url, "one simulator per event loop"
     assert len(server.stats.find(request_key)) == 1
     await aclose_clients()
     await server.stop()

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from streaming.devllm import DevLLM, DevOptions
+from devllm.simulator import DevLLM, DevOptions
 
 
 class Command(BaseCommand):

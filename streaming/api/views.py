@@ -1,15 +1,15 @@
 """The REST API (`/api/v1/`): conversations, messages, answers streamed as server-sent events, API tokens.
 
-Views translate HTTP to the services and selectors the WebSocket uses and build their bodies with the
-WebSocket's payloads (`streaming.protocol`); nothing here decides anything the chat protocol does not.
+Views translate HTTP to the actions, services and selectors the WebSocket uses and build their bodies with
+the payloads every transport shares (conversations.payloads); nothing here decides anything the chat
+protocol does not.
 """
 
 import asyncio
+import functools
 import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
-from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import permissions, renderers
@@ -20,13 +20,22 @@ from rest_framework.views import APIView
 from conversations import selectors, services
 from conversations.errors import InvalidRequest
 from conversations.models import ApiToken, Message
-from conversations.services import GenerationOptions
-from streaming import protocol
-from streaming.services import chat_cancel, chat_delete, chat_send
+from conversations.options import (
+    MAX_ID_LENGTH,
+    TITLE_MAX_LENGTH,
+    GenerationOptions,
+    allowed_models,
+    content_from,
+    options_from,
+    using_simulator,
+)
+from conversations.payloads import conversation_payload, message_payload
+from streaming.actions import chat_cancel, chat_delete, chat_send
+from streaming.aio import orm
 
 from . import schemas
 from .base import AsyncAPIView
-from .streams import AnswerStream, detached, sse_json, sse_response
+from .sse import AnswerStream, sse_json, sse_response, start_and_follow
 
 # How long POST …/cancel/ waits for the answer to end before answering 202 with it still `streaming`.
 CANCEL_WAIT_SECONDS = 10.0
@@ -75,10 +84,8 @@ def _object(data: Any) -> dict[str, Any]:
 
 def _title(data: dict[str, Any]) -> str | None:
     title = data.get("title")
-    if title is not None and (not isinstance(title, str) or len(title) > services.TITLE_MAX_LENGTH):
-        raise InvalidRequest(
-            f"'title' must be a string of at most {services.TITLE_MAX_LENGTH} characters.", field="title"
-        )
+    if title is not None and (not isinstance(title, str) or len(title) > TITLE_MAX_LENGTH):
+        raise InvalidRequest(f"'title' must be a string of at most {TITLE_MAX_LENGTH} characters.", field="title")
     return title.strip() if title is not None else None
 
 
@@ -93,10 +100,8 @@ def _client_id(request: Request, data: dict[str, Any]) -> str:
     """The idempotency key: the `Idempotency-Key` header or the `client_id` field (the WebSocket's `id`)."""
     keys = {"Idempotency-Key": request.headers.get("Idempotency-Key"), "client_id": data.get("client_id")}
     for field, key in keys.items():
-        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= protocol.MAX_ID_LENGTH):
-            raise InvalidRequest(
-                f"'{field}' must be a string of 1 to {protocol.MAX_ID_LENGTH} characters.", field=field
-            )
+        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_ID_LENGTH):
+            raise InvalidRequest(f"'{field}' must be a string of 1 to {MAX_ID_LENGTH} characters.", field=field)
     header, body = keys["Idempotency-Key"], keys["client_id"]
     if header is not None and body is not None and header != body:
         raise InvalidRequest("'client_id' and the Idempotency-Key header differ.", field="client_id")
@@ -150,7 +155,7 @@ class ConversationListView(APIView):
         )
         return Response(
             {
-                "results": [protocol.conversation_payload(conversation, live=live) for conversation, live in page],
+                "results": [conversation_payload(conversation, live=live) for conversation, live in page],
                 "has_more": has_more,
                 "next_offset": offset + limit if has_more else None,
             }
@@ -164,9 +169,9 @@ class ConversationListView(APIView):
     def post(self, request: Request) -> Response:
         data = _object(request.data)
         conversation = services.conversation_create(
-            user=request.user, title=_title(data) or "", options=protocol.parse_options(data)
+            user=request.user, title=_title(data) or "", options=options_from(data)
         )
-        return Response(protocol.conversation_payload(conversation), status=201)
+        return Response(conversation_payload(conversation), status=201)
 
 
 class ConversationDetailView(AsyncAPIView):
@@ -176,10 +181,10 @@ class ConversationDetailView(AsyncAPIView):
         responses={200: schemas.ConversationSchema, **ERRORS},
     )
     async def get(self, request: Request, conversation_id: str) -> Response:
-        conversation = await database_sync_to_async(selectors.conversation_get_for_user)(
+        conversation = await orm(selectors.conversation_get_for_user)(
             user=request.user, conversation_id=conversation_id
         )
-        return Response(protocol.conversation_payload(conversation))
+        return Response(conversation_payload(conversation))
 
     @extend_schema(
         summary="Change a conversation's title, model, temperature or system prompt",
@@ -189,10 +194,10 @@ class ConversationDetailView(AsyncAPIView):
     )
     async def patch(self, request: Request, conversation_id: str) -> Response:
         data = _object(request.data)
-        conversation = await database_sync_to_async(services.conversation_update)(
-            user=request.user, conversation_id=conversation_id, title=_title(data), options=protocol.parse_options(data)
+        conversation = await orm(services.conversation_update)(
+            user=request.user, conversation_id=conversation_id, title=_title(data), options=options_from(data)
         )
-        return Response(protocol.conversation_payload(conversation))
+        return Response(conversation_payload(conversation))
 
     @extend_schema(
         summary="Delete a conversation (an answer being written in it is stopped)",
@@ -226,10 +231,10 @@ class MessageListView(AsyncAPIView):
             conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
             return selectors.conversation_messages_page(conversation=conversation, before=before, limit=limit)
 
-        messages, has_more = await database_sync_to_async(page)()
+        messages, has_more = await orm(page)()
         return Response(
             {
-                "results": [protocol.message_payload(message) for message in messages],
+                "results": [message_payload(message) for message in messages],
                 "has_more": has_more,
                 "next_before": messages[0].seq if has_more and messages else None,
             }
@@ -254,7 +259,7 @@ class MessageListView(AsyncAPIView):
     )
     async def post(self, request: Request, conversation_id: str) -> Any:
         data = _object(request.data)
-        content, options = protocol.parse_content(data), protocol.parse_options(data)
+        content, options = content_from(data), options_from(data)
         stream, client_id = _flag(data, "stream"), _client_id(request, data)
         return await _answer(
             request,
@@ -269,38 +274,28 @@ class MessageListView(AsyncAPIView):
 async def _answer(
     request: Request, *, stream: bool, client_id: str, conversation_id: str, content: str, options: GenerationOptions
 ) -> Any:
-    """Sends, then streams the answer (the response owns the follower from then on) or waits for its end.
-
-    The follower subscribes in `before_start`, before the generation starts, so it misses nothing.
-    """
-    follower = await AnswerStream().open()
-    try:
-        await detached(
-            chat_send(
-                user=request.user,
-                client_id=client_id,
-                conversation_id=conversation_id,
-                content=content,
-                options=options,
-                before_start=lambda turn: follower.join(turn, client_id),
-            )
-        )
-        if stream:
-            return sse_response(follower)
-        await follower.wait()
-    except BaseException:
-        await follower.close()
-        raise
-    await follower.close()
-    answer = await database_sync_to_async(selectors.message_get_for_user)(user=request.user, message_id=follower.answer)
-    return Response(protocol.message_payload(answer))
+    """Sends, then streams the answer (the response owns the follower from then on) or waits for its end."""
+    start = functools.partial(
+        chat_send,
+        user=request.user,
+        client_id=client_id,
+        conversation_id=conversation_id,
+        content=content,
+        options=options,
+    )
+    follower = await start_and_follow(start, ref=client_id)
+    if stream:
+        return sse_response(follower)
+    await follower.finish()
+    answer = await orm(selectors.message_get_for_user)(user=request.user, message_id=follower.answer)
+    return Response(message_payload(answer))
 
 
 class MessageDetailView(APIView):
     @extend_schema(summary="Get a message", responses={200: schemas.MessageSchema, **ERRORS})
     def get(self, request: Request, message_id: str) -> Response:
         message = selectors.message_get_for_user(user=request.user, message_id=message_id)
-        return Response(protocol.message_payload(message))
+        return Response(message_payload(message))
 
 
 class MessageStreamView(AsyncAPIView):
@@ -340,7 +335,7 @@ class MessageCancelView(AsyncAPIView):
         responses={200: schemas.MessageSchema, 202: schemas.MessageSchema, **ERRORS},
     )
     async def post(self, request: Request, message_id: str) -> Response:
-        get = database_sync_to_async(selectors.message_get_for_user)
+        get = orm(selectors.message_get_for_user)
         message = await get(user=request.user, message_id=message_id)
         follower = await AnswerStream().open()
         try:
@@ -358,7 +353,7 @@ class MessageCancelView(AsyncAPIView):
             await follower.close()
         message = await get(user=request.user, message_id=message_id)
         ended = message.status != Message.Status.STREAMING
-        return Response(protocol.message_payload(message), status=200 if ended else 202)
+        return Response(message_payload(message), status=200 if ended else 202)
 
 
 class MessageFeedbackView(APIView):
@@ -373,13 +368,13 @@ class MessageFeedbackView(APIView):
         if value not in ("up", "down", None):
             raise InvalidRequest('\'feedback\' must be "up", "down" or null.', field="feedback")
         message = services.message_set_feedback(user=request.user, message_id=message_id, value=value or "")
-        return Response(protocol.message_payload(message))
+        return Response(message_payload(message))
 
 
 class ModelsView(APIView):
     @extend_schema(summary="The models a conversation may use", responses={200: schemas.ModelsSchema, **ERRORS})
     def get(self, request: Request) -> Response:
-        return Response({"models": settings.LLM_MODELS, "simulator": protocol.using_simulator()})
+        return Response({"models": allowed_models(), "simulator": using_simulator()})
 
 
 # --- API tokens ---------------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ and the answer its last turn. Errors take OpenAI's shape (our `code`, plus `type
 raise their own exception types: 401 AuthenticationError, 400 BadRequestError, 429 RateLimitError, …
 """
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -22,17 +22,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from conversations import selectors
-from conversations.errors import InvalidRequest
+from conversations.errors import ChatError, InvalidRequest
 from conversations.models import Message
-from conversations.services import GenerationOptions
-from streaming import protocol
-from streaming.protocol import ProtocolError
-from streaming.services import chat_import
+from conversations.options import MAX_SYSTEM_CHARS, GenerationOptions, allowed_models, content_from, options_from
+from conversations.payloads import error_payload, usage_payload
+from streaming.actions import chat_import
+from streaming.aio import orm
 
 from .authentication import ApiTokenAuthentication
 from .base import AsyncAPIView
 from .errors import ApiError, error_body
-from .streams import KEEPALIVE, AnswerStream, detached, sse_json
+from .sse import KEEPALIVE, AnswerStream, sse_json, start_and_follow
 from .views import _client_id, _flag, _object
 
 ROLES = {"system", "developer", "user", "assistant"}
@@ -79,9 +79,7 @@ def parse_completion(body: dict[str, Any]) -> Completion:
     if body.get("n", 1) != 1:
         raise InvalidRequest("Only one choice ('n': 1) is supported.", field="n")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    options = protocol.parse_options(
-        {"model": body["model"], "temperature": body.get("temperature"), "max_tokens": max_tokens}
-    )
+    options = options_from({"model": body["model"], "temperature": body.get("temperature"), "max_tokens": max_tokens})
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty list.", field="messages")
@@ -100,14 +98,13 @@ def parse_completion(body: dict[str, Any]) -> Completion:
     if not turns or turns[-1][0] != Message.Role.USER:
         raise InvalidRequest("The last message must be a user message.", field=f"messages[{len(messages) - 1}]")
     try:
-        content = protocol.parse_content({"content": turns[-1][1]})
-    except ProtocolError as exc:
-        raise ProtocolError(exc.code, exc.message, field=f"messages[{len(messages) - 1}].content") from None
+        content = content_from({"content": turns[-1][1]})
+    except ChatError as exc:
+        exc.field = f"messages[{len(messages) - 1}].content"
+        raise
     system_prompt = "\n\n".join(system)
-    if len(system_prompt) > protocol.MAX_SYSTEM_CHARS:
-        raise InvalidRequest(
-            f"System messages are limited to {protocol.MAX_SYSTEM_CHARS} characters.", field="messages"
-        )
+    if len(system_prompt) > MAX_SYSTEM_CHARS:
+        raise InvalidRequest(f"System messages are limited to {MAX_SYSTEM_CHARS} characters.", field="messages")
     stream_options = body.get("stream_options") or {}
     return Completion(
         system=system_prompt,
@@ -119,7 +116,7 @@ def parse_completion(body: dict[str, Any]) -> Completion:
     )
 
 
-def _failure(status: str, error: dict[str, str] | None) -> ApiError:
+def _failure(status: str, error: Mapping[str, Any] | None) -> ApiError:
     code = error["code"] if error else status
     message = error["message"] if error else "The answer was stopped before it was finished."
     return ApiError(code, message, status=FAILURE_STATUS.get(code, 502))
@@ -155,7 +152,7 @@ class _Envelope:
             "choices": [
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason or "stop"}
             ],
-            "usage": protocol.usage_payload(answer),
+            "usage": usage_payload(answer),
         }
 
 
@@ -174,31 +171,26 @@ class ChatCompletionsView(AsyncAPIView):
     async def post(self, request: Request) -> Any:
         completion = parse_completion(_object(request.data))
         client_id = _client_id(request, {})
-        follower = await AnswerStream().open()
-        try:
-            await detached(
-                chat_import(
-                    user=request.user,
-                    client_id=client_id,
-                    system=completion.system,
-                    history=completion.history,
-                    content=completion.content,
-                    options=completion.options,
-                    before_start=lambda turn: follower.join(turn, None),
-                )
-            )
-            if completion.stream:
-                return await self._stream(request, follower, include_usage=completion.include_usage)
-            await follower.wait()
-        except BaseException:
-            await follower.close()
-            raise
-        await follower.close()
-        answer = await database_sync_to_async(selectors.message_get_for_user)(
-            user=request.user, message_id=follower.answer
+        start = functools.partial(
+            chat_import,
+            user=request.user,
+            client_id=client_id,
+            system=completion.system,
+            history=completion.history,
+            content=completion.content,
+            options=completion.options,
         )
+        follower = await start_and_follow(start, ref=None)
+        if completion.stream:
+            try:
+                return await self._stream(request, follower, include_usage=completion.include_usage)
+            except BaseException:
+                await follower.close()
+                raise
+        await follower.finish()
+        answer = await orm(selectors.message_get_for_user)(user=request.user, message_id=follower.answer)
         if answer.status != Message.Status.COMPLETE:
-            raise _failure(answer.status, protocol.error_payload(answer.error_code, answer.error_message))
+            raise _failure(answer.status, error_payload(answer.error_code, answer.error_message))
         return self._located(Response(_Envelope(answer).completion(answer)), answer)
 
     async def _stream(self, request: Request, follower: AnswerStream, *, include_usage: bool) -> StreamingHttpResponse:
@@ -214,9 +206,7 @@ class ChatCompletionsView(AsyncAPIView):
                 raise _failure(event["status"], event.get("error"))
             if event["type"] in ("delta", "done"):
                 break
-        answer = await database_sync_to_async(selectors.message_get_for_user)(
-            user=request.user, message_id=follower.answer
-        )
+        answer = await orm(selectors.message_get_for_user)(user=request.user, message_id=follower.answer)
         body = _chunks(follower, events, held, _Envelope(answer), include_usage=include_usage)
         response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache"
@@ -271,5 +261,5 @@ class ModelListView(APIView):
 
     @extend_schema(summary="OpenAI-compatible list of models", responses={200: OpenApiTypes.OBJECT}, tags=["openai"])
     def get(self, request: Request) -> Response:
-        models = [{"id": model, "object": "model", "created": 0, "owned_by": "system"} for model in settings.LLM_MODELS]
+        models = [{"id": model, "object": "model", "created": 0, "owned_by": "system"} for model in allowed_models()]
         return Response({"object": "list", "data": models})

@@ -6,14 +6,14 @@ import time
 from typing import Any
 
 import httpx
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streaming import devllm
+from streaming import upstream
+from streaming.aio import orm
 
 CHECK_TIMEOUT = 2.0  # seconds each readiness check may take
 
@@ -58,7 +58,7 @@ def _select_one() -> str:
 
 
 async def _check_database() -> str:
-    return await sync_to_async(_select_one, thread_sensitive=False)()
+    return await orm(_select_one)()
 
 
 async def _check_channel_layer() -> str:
@@ -72,7 +72,7 @@ async def _check_channel_layer() -> str:
 
 async def _check_upstream() -> str:
     """The model server answers HTTP at its models endpoint (any status: reachable is what is checked)."""
-    base_url = settings.LLM_BASE_URL or await devllm.embedded_base_url()
+    base_url = await upstream.base_url()
     headers = {"Authorization": f"Bearer {settings.LLM_API_KEY}"} if settings.LLM_API_KEY else {}
     async with httpx.AsyncClient(timeout=CHECK_TIMEOUT) as client:
         response = await client.get(f"{base_url}/models", headers=headers)

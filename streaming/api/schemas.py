@@ -1,7 +1,8 @@
 """The request and response bodies of the API, for the OpenAPI schema.
 
-The bodies themselves are built and checked where the WebSocket's are (`streaming.protocol`), so both
-protocols accept and return the same fields; these classes only describe them (a test keeps them in step).
+The bodies themselves are checked and built where the WebSocket's are (conversations.options and
+conversations.payloads), so both protocols accept and return the same fields; these classes only describe
+them (a test keeps them in step).
 """
 
 from rest_framework import serializers

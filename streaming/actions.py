@@ -1,8 +1,8 @@
-"""Chat actions shared by every protocol (WebSocket, HTTP): write, then notify, then generate.
+"""Chat actions shared by every transport (WebSocket, REST, /v1): write, then announce, then start or stop.
 
 The database writes live in `conversations.services`; these functions run them off the event loop and,
 once they have committed, announce the changes to the watchers of the conversation and to the user's other
-sockets, and start or stop generations.
+sockets (streaming.events), and start or stop generations.
 """
 
 from collections.abc import Awaitable, Callable
@@ -12,10 +12,13 @@ from channels.layers import get_channel_layer
 from conversations import services
 from conversations.errors import InvalidState, Unavailable
 from conversations.models import Conversation, Message
-from conversations.services import GenerationOptions, Turn, User
-from streaming import protocol
-from streaming.db import orm
-from streaming.engine import Prepared, conversation_group, get_engine, user_group
+from conversations.options import GenerationOptions
+from conversations.payloads import conversation_payload, message_payload
+from conversations.services import Turn, User
+from streaming import events
+from streaming.aio import orm
+from streaming.generation import Prepared
+from streaming.lifecycle import get_engine
 
 # Called once the rows have committed and before the generation starts, so the caller can subscribe to the
 # conversation and miss nothing; it also runs for a retried request that found its earlier rows.
@@ -32,18 +35,15 @@ async def _begin(turn: Turn, before_start: BeforeStart) -> Turn:
         await before_start(turn)
     if turn.created:
         layer = get_channel_layer()
-        group = conversation_group(turn.conversation.pk)
+        group = events.conversation_group(turn.conversation.pk)
         if turn.superseded:
-            await layer.group_send(
-                group,
-                {"type": "gen.superseded", "conversation": str(turn.conversation.pk), "messages": turn.superseded},
-            )
+            await layer.group_send(group, events.superseded(str(turn.conversation.pk), list(turn.superseded)))
         for message in (turn.user_message, turn.assistant_message):
             if message is not None:
-                await layer.group_send(group, {"type": "gen.message", "message": protocol.message_payload(message)})
+                await layer.group_send(group, events.message(message_payload(message)))
         await layer.group_send(
-            user_group(turn.conversation.owner_id),
-            {"type": "gen.conversation", "conversation": protocol.conversation_payload(turn.conversation, live=True)},
+            events.user_group(turn.conversation.owner_id),
+            events.conversation(conversation_payload(turn.conversation, live=True)),
         )
         answer = turn.assistant_message
         prepared = Prepared.new(answer, turn.prompt) if turn.prompt is not None else None
@@ -113,8 +113,7 @@ async def chat_rename(*, user: User, conversation_id: str, title: str) -> Conver
         user=user, conversation_id=conversation_id, title=title
     )
     await get_channel_layer().group_send(
-        user_group(conversation.owner_id),
-        {"type": "gen.conversation", "conversation": protocol.conversation_payload(conversation)},
+        events.user_group(conversation.owner_id), events.conversation(conversation_payload(conversation))
     )
     return conversation
 
@@ -125,9 +124,7 @@ async def chat_delete(*, user: User, conversation_id: str) -> None:
     engine = get_engine()
     for message_id in streaming:
         await engine.cancel(message_id)
-    await get_channel_layer().group_send(
-        user_group(user.pk), {"type": "gen.conversation_deleted", "conversation": deleted}
-    )
+    await get_channel_layer().group_send(events.user_group(user.pk), events.conversation_deleted(deleted))
 
 
 async def chat_import(

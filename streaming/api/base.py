@@ -10,12 +10,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.views import APIView
+
+from streaming.aio import orm
 
 
 class AsyncAPIView(APIView):
@@ -40,7 +41,7 @@ class AsyncAPIView(APIView):
         self.headers = self.default_response_headers
         try:
             # Sessions and tokens are looked up in the database: off the event loop, connection closed after.
-            await database_sync_to_async(self.initial)(drf_request, *args, **kwargs)
+            await orm(self.initial)(drf_request, *args, **kwargs)
             method = (drf_request.method or "").lower()
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:

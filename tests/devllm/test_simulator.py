@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from streaming.devllm import DevOptions, answer_text, parse_model, tokenize
-from tests.devllm_fixtures import eventually, raw_bytes, raw_stream, running_devllm, user
+from devllm.simulator import DevOptions, answer_text, parse_model, tokenize
+from tests.devllm.fixtures import eventually, raw_bytes, raw_stream, running_devllm, user
 from tests.support import ROOT, unique
 
 DEFAULTS = DevOptions(ttft=0.0, tps=5000.0, tokens=40)

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
+from devllm.simulator import DevLLM, DevOptions, answer_text, parse_model, tokenize
 from streaming import upstream
-from streaming.devllm import DevLLM, DevOptions, answer_text, parse_model, tokenize
 from streaming.upstream import ChatRequest, StreamEnd, TextDelta, ToolCallDelta, UpstreamError, UpstreamEvent
 
 # Fast enough that a whole test file runs in seconds: no wait for the first token, no sleeps between tokens.

@@ -7,43 +7,23 @@ the client goes away only the watcher stops: the generation runs on until it end
 """
 
 import asyncio
-import contextvars
 import json
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from conversations import selectors
 from conversations.models import Message
 from conversations.services import Turn, User
-from streaming.engine import cancel_firmly
+from streaming.aio import cancel_firmly, detached
 from streaming.watch import Watcher
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 KEEPALIVE = b": keep-alive\n\n"
-_detached: set["asyncio.Task[Any]"] = set()
-
-
-async def detached(action: Coroutine[Any, Any, T]) -> T:
-    """Runs a chat action that may start a generation, as a WebSocket consumer would.
-
-    Django runs each request in an asgiref ThreadSensitiveContext. A task created inside inherits it, so a
-    generation started from a request would do its database work on that request's private thread (and, once
-    the request is over, on a new thread of its own) instead of the process's shared one. A fresh context
-    starts it as a socket does. The action is shielded: a client leaving mid-way does not cut it between its
-    write and the start of the generation.
-    """
-    task = asyncio.create_task(action, context=contextvars.Context())
-    _detached.add(task)
-    task.add_done_callback(_detached.discard)
-    return await asyncio.shield(task)
 
 
 class AnswerStream:
@@ -65,25 +45,15 @@ class AnswerStream:
         return self
 
     async def join(self, turn: Turn, ref: str | None) -> None:
-        """The `before_start` of a chat action: announces the turn's rows and follows its answer."""
+        """Announces a turn's rows (with `ref`) and follows its answer."""
         self.answer = str(turn.assistant_message.pk)
         await self.watcher.join(turn, ref)
 
     async def resume(self, *, user: User, message_id: str, offset: int) -> None:
         """Follows a message from `offset`: the rest of a finished one, or the live text of one being written."""
-        get = database_sync_to_async(selectors.message_get_for_user)
-        message: Message = await get(user=user, message_id=message_id)
-        await self.watcher.follow(str(message.conversation_id))
-        # Read again once subscribed, so an answer that ended in between is seen as ended.
-        message = await get(user=user, message_id=message_id)
-        self.answer, self.offset = str(message.pk), offset
-        self.watcher.mark_announced(self.answer)
-        if message.status == Message.Status.STREAMING:
-            await self.watcher.watch(self.answer, offset, offset)
-        else:
-            # Also beyond its end: a client can hold live text that was never saved (its process died after
-            # the last checkpoint); the `done` carries the saved length.
-            await self.watcher.send_final(message, offset)
+        self.answer, self.offset = message_id, offset
+        message = await self.watcher.resume(user=user, message_id=message_id, offset=offset)
+        self.answer = str(message.pk)
 
     async def watch_until_done(self, message: Message) -> None:
         """Follows a message being written (already subscribed to its conversation) only to see it end."""
@@ -112,6 +82,13 @@ class AnswerStream:
         async for _ in self.events(settings.API_KEEPALIVE_SECONDS):
             pass
 
+    async def finish(self) -> None:
+        """Waits for the answer's `done`, then stops watching."""
+        try:
+            await self.wait()
+        finally:
+            await self.close()
+
     def _advance(self, event: dict[str, Any]) -> None:
         if event["type"] == "delta" and event["message"] == self.answer:
             self.offset = event["offset"] + len(event["text"])
@@ -129,7 +106,7 @@ class AnswerStream:
                 await asyncio.sleep(1)
                 continue
             try:
-                await self.watcher.dispatch(event)
+                await self.watcher.handle(event)
             except Exception:
                 log.warning("event stream dispatch failed", exc_info=True, extra={"kind": event.get("type")})
 
@@ -169,6 +146,27 @@ async def _sse_body(stream: AnswerStream) -> AsyncIterator[bytes]:
         if not finished:
             log.info("event stream closed before the end of the answer", extra={"message_id": stream.answer})
         await stream.close()
+
+
+async def start_and_follow(start: Callable[..., Coroutine[Any, Any, Turn]], *, ref: str | None) -> AnswerStream:
+    """Starts an answer with a chat action and follows it: the one way the HTTP API (REST and /v1) does both.
+
+    `start` is the action with its arguments bound (functools.partial), short of `before_start`: that one
+    subscribes the follower once the rows have committed and before the generation starts, so that it misses
+    nothing; the rows are announced to it with `ref`. The action runs detached (see streaming.aio.detached).
+    The caller owns the returned stream and closes it (an SSE response does).
+    """
+    follower = await AnswerStream().open()
+
+    async def join(turn: Turn) -> None:
+        await follower.join(turn, ref)
+
+    try:
+        await detached(start(before_start=join))
+    except BaseException:
+        await follower.close()
+        raise
+    return follower
 
 
 def sse_response(stream: AnswerStream) -> StreamingHttpResponse:

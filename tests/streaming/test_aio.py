@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from channels.exceptions import StopConsumer
 
-from streaming.dispatch import dispatch_in_order
+from streaming.aio import dispatch_in_order
 
 
 def source_of(queue: "asyncio.Queue[dict[str, Any]]"):

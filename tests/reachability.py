@@ -1,4 +1,4 @@
-"""`python -m tests.services DATABASE_URL REDIS_URL`: exits 0 when both answer, else says which does not."""
+"""`python -m tests.reachability DATABASE_URL REDIS_URL`: exits 0 when both answer, else says which does not."""
 
 import socket
 import sys

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DevLLMConfig(AppConfig):
+    name = "devllm"
+    verbose_name = "Dev upstream (simulator)"

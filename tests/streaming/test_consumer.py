@@ -1,0 +1,190 @@
+"""The chat consumer in-process, with Channels' WebsocketCommunicator (the end-to-end tests run real daphne).
+
+Each test drives `ChatConsumer` directly with an authenticated scope; the engine, the in-memory channel layer
+and the database are the real ones, and the test upstream (the simulator) is the model server.
+"""
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+
+from conversations.models import Message
+from streaming.consumers import ChatConsumer
+from streaming.protocol import CLOSE_UNAUTHENTICATED
+from tests.support import unique
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Client:
+    """A communicator speaking protocol v1: JSON frames in and out."""
+
+    def __init__(self, user: Any) -> None:
+        self.communicator = WebsocketCommunicator(ChatConsumer.as_asgi(), "/ws/chat/")
+        self.communicator.scope["user"] = user
+
+    async def connect(self) -> dict[str, Any]:
+        connected, _ = await self.communicator.connect()
+        assert connected
+        return await self.recv()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.communicator.send_to(text_data=json.dumps(frame))
+
+    async def recv(self, timeout: float = 10) -> dict[str, Any]:
+        event: dict[str, Any] = json.loads(await self.communicator.receive_from(timeout))
+        return event
+
+    async def until(self, kind: str, timeout: float = 10) -> dict[str, Any]:
+        while True:
+            event = await self.recv(timeout)
+            if event["type"] in (kind, "error"):
+                return event
+
+    async def answer(self, content: str, model: str, client_id: str | None = None) -> tuple[str, str, str]:
+        """Sends; returns (answer id, the text streamed to the client, the done status)."""
+        await self.send({"type": "send", "id": client_id or unique(), "content": content, "model": model})
+        answer, text = "", ""
+        while True:
+            event = await self.recv()
+            if event["type"] == "message" and event["message"]["role"] == "assistant":
+                answer = event["message"]["id"]
+            elif event["type"] == "delta" and event["message"] == answer:
+                assert event["offset"] == len(text)
+                text += event["text"]
+            elif event["type"] == "done" and event["message"] == answer:
+                return answer, text, event["status"]
+            elif event["type"] == "error":
+                raise AssertionError(event)
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()
+
+
+@pytest.fixture
+def user(transactional_db):
+    return get_user_model().objects.create_user(username=f"u-{unique()[:8]}")
+
+
+@pytest.fixture
+async def client(engine, user):
+    chat = Client(user)
+    ready = await chat.connect()
+    assert (ready["type"], ready["protocol"], ready["models"]) == ("ready", 1, ["dev"])
+    yield chat
+    await chat.close()
+
+
+async def test_an_anonymous_socket_is_closed_with_the_unauthenticated_code(engine):
+    communicator = WebsocketCommunicator(ChatConsumer.as_asgi(), "/ws/chat/")
+    communicator.scope["user"] = AnonymousUser()
+    connected, _ = await communicator.connect()
+    assert connected
+    closed = await communicator.receive_output(5)
+    assert closed == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED, "reason": "authentication required"}
+
+
+async def test_ping_is_answered_with_its_id(client):
+    await client.send({"type": "ping", "id": "p1"})
+    assert await client.recv() == {"type": "pong", "ref": "p1"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "invalid_frame"),
+        ('{"type": "teleport"}', "unknown_type"),
+        ('{"type": "send", "id": "s", "content": "   "}', "invalid_request"),
+        ('{"type": "send", "id": "s", "content": "hi", "model": "secret"}', "model_not_allowed"),
+    ],
+)
+async def test_a_malformed_frame_gets_an_error_and_the_socket_goes_on(client, frame, code):
+    await client.communicator.send_to(text_data=frame)
+    error = await client.recv()
+    assert (error["type"], error["code"]) == ("error", code)
+    await client.send({"type": "ping", "id": "after"})
+    assert await client.recv() == {"type": "pong", "ref": "after"}
+
+
+async def test_a_binary_frame_is_refused(client):
+    await client.communicator.send_to(bytes_data=b"\x00\x01")
+    assert (await client.recv())["code"] == "binary_not_supported"
+
+
+async def test_send_streams_the_answer_and_the_database_holds_the_same_text(client, user):
+    answer, text, status = await client.answer("hello", "dev:tokens=30,ttft=0,tps=2000")
+    assert status == "complete"
+    row = await sync_to_async(Message.objects.get)(pk=answer)
+    assert (row.status, row.content, row.owner_id) == ("complete", text, user.pk)
+    assert text
+
+
+async def test_a_repeated_send_id_creates_nothing_new(client, user):
+    client_id = unique()
+    first, text, _ = await client.answer("once", "dev:tokens=10,ttft=0,tps=2000", client_id)
+    await client.send({"type": "send", "id": client_id, "content": "once", "model": "dev"})
+    again = await client.until("done")
+    assert (again["message"], again["status"], again["length"]) == (first, "complete", len(text))
+    assert await sync_to_async(Message.objects.filter(owner=user).count)() == 2
+
+
+async def test_cancel_before_the_first_token_stops_the_answer(client, llm):
+    key = unique()
+    await client.send({"type": "send", "id": unique(), "content": "slow", "model": f"dev:ttft=30,key={key}"})
+    await client.until("message")  # the user's
+    answer = (await client.until("message"))["message"]["id"]
+    for _ in range(50):  # the model server has the request, and will not answer for 30 s
+        if llm.stats.find(key):
+            break
+        await asyncio.sleep(0.05)
+    await client.send({"type": "cancel", "message": answer})
+    done = await client.until("done")
+    assert (done["message"], done["status"], done["length"]) == (answer, "cancelled", 0)
+    row = await sync_to_async(Message.objects.get)(pk=answer)
+    assert row.status == "cancelled"
+    # The simulator saw its client hang up: the model stopped.
+    for _ in range(50):
+        if [record.outcome for record in llm.stats.find(key)] == ["client_disconnected"]:
+            break
+        await asyncio.sleep(0.1)
+    assert [record.outcome for record in llm.stats.find(key)] == ["client_disconnected"]
+
+
+async def test_someone_elses_conversation_is_not_found(client):
+    stranger = await sync_to_async(get_user_model().objects.create_user)(username=f"s-{unique()[:8]}")
+    other = Client(stranger)
+    await other.connect()
+    answer, _, _ = await other.answer("mine", "dev:tokens=5,ttft=0,tps=2000")
+    row = await sync_to_async(Message.objects.get)(pk=answer)
+    for frame in (
+        {"type": "open", "conversation": str(row.conversation_id)},
+        {"type": "resume", "message": answer, "offset": 0},
+        {"type": "cancel", "message": answer},
+        {"type": "open", "conversation": str(uuid.uuid4())},
+    ):
+        await client.send(frame)
+        assert (await client.recv())["code"] == "not_found", frame
+    await other.close()
+
+
+async def test_disconnecting_leaves_the_answer_running_to_its_end(engine, user):
+    chat = Client(user)
+    await chat.connect()
+    await chat.send({"type": "send", "id": unique(), "content": "go on", "model": "dev:tokens=20,ttft=0.2,tps=200"})
+    await chat.until("message")  # the user's
+    answer = (await chat.until("message"))["message"]["id"]
+    await chat.close()
+    for _ in range(100):
+        row = await sync_to_async(Message.objects.get)(pk=answer)
+        if row.status != "streaming":
+            break
+        await asyncio.sleep(0.05)
+    assert row.status == "complete" and row.content
