@@ -42,7 +42,7 @@ lint: sync
 	uv run mypy .
 
 bench: sync
-	uv run python bench/suite.py
+	uv run python bench/suite.py $(BENCH_ARGS)
 
 # Pictures of the main states for the README (needs Debian's chromium; fonts-noto-cjk and
 # fonts-noto-color-emoji for every glyph).

@@ -123,9 +123,17 @@ class Socket:
         if ready["type"] != "ready":
             raise RuntimeError(ready)
 
-    async def answer(self, model: str, prompt: str, stream: Stream) -> None:
+    async def answer(self, model: str, prompt: str, stream: Stream, conversation: str | None = None) -> None:
+        """Sends `prompt` (in a new conversation, or as the next turn of `conversation`) and reads its answer."""
+        frame = {
+            "type": "send",
+            "id": uuid.uuid4().hex,
+            "content": prompt,
+            "model": model,
+            "conversation": conversation,
+        }
         stream.started = time.perf_counter()
-        await self.ws.send(json.dumps({"type": "send", "id": uuid.uuid4().hex, "content": prompt, "model": model}))
+        await self.ws.send(json.dumps(frame))
         answer = None
         async for raw in self.ws:
             stream.frames += 1

@@ -141,3 +141,23 @@ def api_token(env: dict[str, str]) -> str:
         "print(services.api_token_create(user=user, name='bench')[1])\n"
     )
     return manage(env, "shell", "--no-imports", "-c", code).split()[-1]
+
+
+def conversations_with_history(env: dict[str, str], users: int, turns: int) -> list[tuple[str, str]]:
+    """`users` new users, each logged in and with one conversation of `turns` finished turns (a question and a
+    complete answer each); returns (session cookie, conversation id) per user."""
+    code = (
+        "import uuid; from django.contrib.auth import get_user_model; from django.test import Client\n"
+        "from conversations.models import Conversation, Message\n"
+        f"for _ in range({users}):\n"
+        "    user = get_user_model().objects.create_user('bench-' + uuid.uuid4().hex[:12])\n"
+        "    conversation = Conversation.objects.create(owner=user, title='history', model='dev')\n"
+        "    Message.objects.bulk_create(\n"
+        "        Message(conversation=conversation, owner=user, seq=seq, role='user' if seq % 2 else 'assistant',\n"
+        "                content=f'turn {seq}: ' + 'words of an earlier turn ' * 20, status='complete')\n"
+        f"        for seq in range(1, {2 * turns} + 1))\n"
+        "    client = Client(); client.force_login(user)\n"
+        "    print(client.cookies['sessionid'].value, conversation.pk)\n"
+    )
+    lines = manage(env, "shell", "--no-imports", "-c", code).strip().splitlines()[-users:]
+    return [(session, conversation) for session, conversation in (line.split() for line in lines)]

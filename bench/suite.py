@@ -232,6 +232,47 @@ async def socket_level(
     return result
 
 
+async def burst_level(
+    pids: list[int], port: int, users: list[tuple[str, str | None]], tokens: int, spread: float
+) -> LevelResult:
+    """Each user opens a WebSocket and sends at once, the users evenly over `spread` seconds: what real traffic
+    starting at a rate looks like. `users` are (session, conversation): a conversation to continue, or None for a
+    new one. The time to first token runs from each send; the handshake (with its session lookup) is part of the
+    load the server carries meanwhile."""
+    count = len(users)
+    url, origin = f"ws://127.0.0.1:{port}/ws/chat/", f"http://127.0.0.1:{port}"
+    sockets = [Socket(url, origin, session) for session, _ in users]
+    streams = [Stream() for _ in range(count)]
+    before = servers.usage_of(pids)
+    peak = before.rss
+    cpu_series: list[tuple[float, float]] = []
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            await asyncio.sleep(0.25)
+            now = servers.usage_of(pids)
+            peak = max(peak, now.rss)
+            cpu_series.append((time.perf_counter(), now.cpu))
+
+    async def one(index: int) -> None:
+        await sockets[index].open()
+        await sockets[index].answer(model(tokens), f"bench {index}", streams[index], users[index][1])
+
+    sampler = asyncio.create_task(sample())
+    try:
+        seconds = await load.run_staggered(count, spread, one)
+    finally:
+        sampler.cancel()
+    after = servers.usage_of(pids)
+    await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+    result = measure(streams, tokens, seconds, count)
+    result.steady_cpu_per_token = steady_cpu(streams, result.token_times, cpu_series)
+    result.server_cpu = after.cpu - before.cpu
+    result.rss_per_stream = max(0, peak - before.rss) / count
+    return result
+
+
 def app_env(setup: Setup, **env: str) -> dict[str, str]:
     """The product's environment against the benchmark's simulator."""
     return {**setup.env, "LLM_BASE_URL": setup.base_url, "LLM_MODELS": "dev", "LLM_SIMULATOR": "1", **env}
@@ -424,7 +465,7 @@ def _row_writes(database_url: str) -> tuple[int, int]:
 
 async def floor(setup: Setup, results: dict[str, Any]) -> None:
     """A bare ASGI relay (no Django, no Channels) on daphne under the same 200 streams, against the product."""
-    relay = servers.daphne(app_env(setup), "bench.floor_app:application").start()
+    relay = servers.daphne(app_env(setup), "bench.relay_app:application").start()
     try:
         await warm_up(relay.port, "none")
         level = await socket_level([relay.pid], relay.port, ["none"], 200, 250, 2.0)
@@ -440,12 +481,72 @@ async def scaleout(setup: Setup, results: dict[str, Any]) -> None:
     results["scaleout"] = await fleet.compare(setup, socket_level, app_env, counts=(200, 500))
 
 
+# The product and its peers, each started the way it is meant to run.
+PEERS: dict[str, Callable[[dict[str, str]], servers.Process]] = {
+    "product": servers.daphne,
+    "naive": lambda env: servers.uvicorn(env, "bench.naive_app:app"),
+    "relay": lambda env: servers.uvicorn(env, "bench.relay_app:application"),
+}
+BURSTS: tuple[int, ...] = (50, 200, 500)  # --bursts changes them
+
+
+async def burst(setup: Setup, results: dict[str, Any]) -> None:
+    """N distinct users (one session each) connect and send a first message within 2 s, N = 50, 200, 500: the
+    product against the naive design and a bare relay, each on a fresh process, in this one run."""
+    tokens, spread = 200, 2.0
+    rows = []
+    for count in BURSTS:
+        floor = await upstream_level(setup, count, tokens, spread)
+        row: dict[str, Any] = {"streams": count, "floor": floor.row()}
+        for name, launch in PEERS.items():
+            process = launch(app_env(setup)).start()
+            try:
+                sessions = servers.sessions(setup.env, count + 1) if name == "product" else ["none"] * (count + 1)
+                await warm_up(process.port, sessions[-1])
+                level = await burst_level(
+                    [process.pid], process.port, [(s, None) for s in sessions[:count]], tokens, spread
+                )
+            finally:
+                process.stop()
+            row[name] = level.row()
+            print(
+                f"  burst {count:>4}, {name}: TTFT p50 {level.row()['ttft_ms']['p50']:.0f} ms, errors {level.errors}",
+                flush=True,
+            )
+        rows.append(row)
+    results["burst"] = {"tokens": tokens, "spread_s": spread, "levels": rows}
+
+
+async def followup(setup: Setup, results: dict[str, Any]) -> None:
+    """Turn 20 of an existing conversation, for 200 users within 2 s, against a first turn under the same load:
+    the cost of the history (read from the database, sent upstream) on the time to first token."""
+    tokens, spread, count, turns = 200, 2.0, 200, 19
+    app = start_app(setup)
+    try:
+        warm = servers.sessions(setup.env, 1)[0]
+        await warm_up(app.port, warm)
+        first: list[tuple[str, str | None]] = [(session, None) for session in servers.sessions(setup.env, count)]
+        later: list[tuple[str, str | None]] = list(servers.conversations_with_history(setup.env, count, turns))
+        floor = await upstream_level(setup, count, tokens, spread)
+        rows = {"floor": floor.row()}
+        for name, users in (("turn 1", first), (f"turn {turns + 1}", later)):
+            level = await burst_level([app.pid], app.port, users, tokens, spread)
+            rows[name] = level.row()
+            print(
+                f"  follow-up, {name}: TTFT p50 {level.row()['ttft_ms']['p50']:.0f} ms, errors {level.errors}",
+                flush=True,
+            )
+    finally:
+        app.stop()
+    results["followup"] = {"tokens": tokens, "streams": count, "turns_before": turns, "rows": rows}
+
+
 SERVERS: dict[str, Callable[[dict[str, str], str], servers.Process]] = {
     "daphne (asyncio loop)": lambda env, application: servers.daphne(env, application, uvloop=False),
     "daphne (uvloop)": servers.daphne,
     "uvicorn (uvloop)": servers.uvicorn,
 }
-APPLICATIONS = {"product": "chatproject.asgi:application", "floor": "bench.floor_app:application"}
+APPLICATIONS = {"product": "chatproject.asgi:application", "floor": "bench.relay_app:application"}
 
 
 async def server_choice(setup: Setup, results: dict[str, Any]) -> None:
@@ -483,6 +584,8 @@ async def browser(setup: Setup, results: dict[str, Any]) -> None:
 
 
 SCENARIOS: dict[str, Callable[[Setup, dict[str, Any]], Awaitable[None]]] = {
+    "burst": burst,
+    "followup": followup,
     "classic": classic,
     "load": load_levels,
     "capacity": capacity,
@@ -522,7 +625,9 @@ async def main(only: list[str], out: Path) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--bursts", default=",".join(map(str, BURSTS)), help="user counts of the burst scenario")
     args = parser.parse_args()
+    BURSTS = tuple(int(count) for count in args.bursts.split(","))
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:

@@ -121,15 +121,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # CONN_MAX_AGE stays 0 (see above); a pool keeps the connections instead, so a query does not pay for a
-    # new connection each time. Each process holds up to DB_POOL_SIZE connections. With health checks on,
-    # Django has the pool check each connection as it leaves it: after a database restart the dead ones are
-    # replaced instead of failing the next requests.
+    # new connection each time. Each process holds up to DB_POOL_SIZE connections, DB_THREADS of them for
+    # good (see below). With health checks on, Django has the pool check each connection as it leaves it:
+    # after a database restart the dead ones are replaced instead of failing the next requests.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": env_int("DB_POOL_SIZE", 10),
         "timeout": 10,
     }
+# The live side runs its ORM work on a pool of this many threads per process, each keeping its connection
+# open between units of work (streaming.aio.orm); HTTP views keep Django's connection per request.
+DB_THREADS = env_int("DB_THREADS", 4)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer --------------------------------------------------------------------------------------

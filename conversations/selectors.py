@@ -5,10 +5,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Exists, OuterRef, Prefetch, Q, Sum
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, Subquery, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -59,40 +60,67 @@ def conversation_answer_after(*, message: Message) -> Message | None:
 
 @dataclass(frozen=True)
 class Activity:
+    """What the limits on starting an answer look at."""
+
     streaming: int  # the user's answers being written
     busy: bool  # one of them is in the conversation asked about
     started: int  # answers the user started since the time asked about
+    daily_tokens: int | None  # the user's daily token quota (None: no limit)
+    max_concurrent_streams: int  # answers the user may have streaming at once
 
 
-def user_activity(*, user: User, conversation_id: Any, since: datetime) -> Activity:
-    """What the limits on starting an answer look at, in one query (the user's streaming answers and recent
-    ones, each found through its own index)."""
-    streaming = Q(status=Message.Status.STREAMING)
-    recent = Q(role=Message.Role.ASSISTANT, created_at__gte=since)
-    counts = (
-        Message.objects.filter(owner_id=user.pk)
-        .filter(streaming | recent)
-        .aggregate(
-            streaming=Count("pk", filter=streaming),
-            busy=Count("pk", filter=streaming & Q(conversation_id=conversation_id)),
-            started=Count("pk", filter=recent),
-        )
+def user_activity(*, user: User, conversation_id: Any, since: datetime, lock: bool = False) -> Activity:
+    """The user's activity and limits, in one query: answers streaming (in the given conversation too), answers
+    started since `since` (each counted through its own index), and the quota staff set, if any.
+
+    With `lock`, the user's row is locked until the caller's transaction ends (precondition: inside one), which
+    serialises one user's turn-creating requests across processes and so makes the limits exact.
+    """
+    mine = Message.objects.filter(owner_id=OuterRef("pk")).order_by().values("owner_id")
+    streaming = mine.filter(status=Message.Status.STREAMING)
+    started = mine.filter(role=Message.Role.ASSISTANT, created_at__gte=since)
+    quota = UserQuota.objects.filter(user_id=OuterRef("pk"))
+    users = get_user_model().objects.filter(pk=_pk(user))
+    if lock:
+        users = users.select_for_update()
+    row = users.values(
+        streaming=Coalesce(Subquery(streaming.annotate(n=Count("pk")).values("n")), 0),
+        busy=Exists(streaming.filter(conversation_id=conversation_id)),
+        started=Coalesce(Subquery(started.annotate(n=Count("pk")).values("n")), 0),
+        daily_tokens=Subquery(quota.values("daily_tokens")),
+        max_concurrent=Subquery(quota.values("max_concurrent_streams")),
+    ).get()
+    concurrent = row["max_concurrent"]
+    return Activity(
+        streaming=row["streaming"],
+        busy=bool(row["busy"]),
+        started=row["started"],
+        daily_tokens=row["daily_tokens"],
+        max_concurrent_streams=concurrent if concurrent is not None else settings.CHAT_MAX_CONCURRENT_PER_USER,
     )
-    return Activity(streaming=counts["streaming"], busy=counts["busy"] > 0, started=counts["started"])
+
+
+def conversation_prompt(
+    *, conversation: Conversation, before_seq: int | None = None, system: str | None = None
+) -> list[dict[str, Any]]:
+    """The chat messages sent upstream for the next answer of a conversation: its system prompt, then its live
+    turns (before `before_seq`, when given), oldest first, in one query whatever the history's length."""
+    prompt: list[dict[str, Any]] = []
+    system_prompt = conversation.system_prompt if system is None else system
+    if system_prompt:
+        prompt.append({"role": "system", "content": system_prompt})
+    earlier = Message.objects.filter(conversation_id=conversation.pk, superseded_at__isnull=True)
+    if before_seq is not None:
+        earlier = earlier.filter(seq__lt=before_seq)
+    # An empty answer (failed before its first token) carries nothing the model needs to see.
+    turns = earlier.exclude(content="").order_by("seq").values_list("role", "content")
+    prompt.extend({"role": role, "content": content} for role, content in turns)
+    return prompt
 
 
 def message_prompt(*, message: Message) -> list[dict[str, Any]]:
     """The chat messages sent upstream to produce `message`: system prompt, then the live turns before it."""
-    conversation = message.conversation
-    prompt: list[dict[str, Any]] = []
-    if conversation.system_prompt:
-        prompt.append({"role": "system", "content": conversation.system_prompt})
-    earlier = conversation.messages.filter(seq__lt=message.seq, superseded_at__isnull=True).order_by("seq")
-    for turn in earlier.only("role", "content"):
-        # An empty answer (failed before its first token) carries nothing the model needs to see.
-        if turn.content:
-            prompt.append({"role": turn.role, "content": turn.content})
-    return prompt
+    return conversation_prompt(conversation=message.conversation, before_seq=message.seq)
 
 
 HISTORY_PAGE = 50
@@ -154,22 +182,6 @@ def api_token_get_for_user(*, user: User, token_id: str) -> ApiToken:
 def api_token_get_by_hash(*, key_hash: str) -> ApiToken | None:
     """The working token with this key hash, with its user, if any."""
     return ApiToken.objects.select_related("user").filter(key_hash=key_hash, revoked_at__isnull=True).first()
-
-
-@dataclass(frozen=True)
-class Limits:
-    daily_tokens: int | None  # None: no daily limit
-    max_concurrent_streams: int
-
-
-def user_limits(*, user: User) -> Limits:
-    """The user's quotas: their own settings where staff set them, the server defaults elsewhere."""
-    quota = UserQuota.objects.filter(user_id=_pk(user)).first()
-    concurrent = quota.max_concurrent_streams if quota is not None else None
-    return Limits(
-        daily_tokens=quota.daily_tokens if quota is not None else None,
-        max_concurrent_streams=concurrent if concurrent is not None else settings.CHAT_MAX_CONCURRENT_PER_USER,
-    )
 
 
 def day_start(moment: datetime | None = None) -> datetime:

@@ -5,22 +5,27 @@ Each service validates, then writes; the caller notifies watchers once the write
 
 import hashlib
 import secrets
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Case, Max, TextField, Value, When
+from django.db.models import Case, OuterRef, Subquery, TextField, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from conversations import selectors
 from conversations.errors import (
+    ChatError,
     ConversationBusy,
     InvalidState,
+    NotFound,
     QuotaExceeded,
     TooManyGenerations,
     TooManyRequests,
@@ -65,47 +70,68 @@ def _lease_deadline() -> Any:
     return timezone.now() + timedelta(seconds=settings.CHAT_LEASE_SECONDS)
 
 
-def _next_seq(conversation: Conversation) -> int:
-    current = conversation.messages.aggregate(top=Max("seq"))["top"]
-    return (current or 0) + 1
+def _check_can_generate(*, user: User, conversation_id: Any) -> None:
+    """Locks the user's row and refuses an answer the limits do not allow; precondition: inside a transaction.
 
-
-def _check_can_generate(*, user: User, conversation: Conversation) -> None:
-    """Precondition: the caller holds the user's row lock, so concurrent sends count each other."""
-    activity = selectors.user_activity(
-        user=user, conversation_id=conversation.pk, since=timezone.now() - timedelta(minutes=1)
-    )
+    The lock serialises one user's turn-creating requests across processes, so concurrent sends count each
+    other and the limits are exact.
+    """
+    since = timezone.now() - timedelta(minutes=1)
+    activity = selectors.user_activity(user=user, conversation_id=conversation_id, since=since, lock=True)
     if activity.busy:
         raise ConversationBusy
     per_minute = settings.CHAT_MAX_MESSAGES_PER_MINUTE
     if activity.started >= per_minute:
         raise TooManyRequests(f"You can start {per_minute} answers a minute; wait a moment and try again.")
-    limits = selectors.user_limits(user=user)
-    limit = limits.max_concurrent_streams
+    limit = activity.max_concurrent_streams
     if activity.streaming >= limit:
         raise TooManyGenerations(f"You already have {limit} answers being written; wait for one to finish or stop it.")
-    if limits.daily_tokens is not None:
+    if activity.daily_tokens is not None:
         # Usage is known only once an answer ends, so an answer started under the quota may finish past it.
         used = selectors.user_tokens_today(user=user)
-        if used >= limits.daily_tokens:
+        if used >= activity.daily_tokens:
             raise QuotaExceeded(
-                f"You have used {used} of your {limits.daily_tokens} tokens for today; "
+                f"You have used {used} of your {activity.daily_tokens} tokens for today; "
                 "the quota renews at midnight UTC."
             )
 
 
-def _lock_user(user: User) -> None:
-    # Serialises one user's turn-creating requests across processes, which makes the concurrency limit exact.
-    get_user_model().objects.select_for_update().filter(pk=_owner_pk(user)).first()
+def _conversation_pk(conversation_id: str | None) -> uuid.UUID | None:
+    """A conversation id as the database keys it; NotFound for one that cannot be an id (like someone else's)."""
+    try:
+        return uuid.UUID(conversation_id) if conversation_id is not None else None
+    except (TypeError, ValueError) as exc:
+        raise NotFound from exc
 
 
-def _lock_conversation(*, user: User, conversation_id: str) -> Conversation:
-    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
-    return Conversation.objects.select_for_update().get(pk=conversation.pk)
+def _lock_conversation(*, user: User, conversation_id: str) -> tuple[Conversation, int]:
+    """The user's conversation, locked until the transaction ends, and the highest `seq` of its messages."""
+    last = Message.objects.filter(conversation_id=OuterRef("pk")).order_by("-seq").values("seq")[:1]
+    try:
+        conversation = (
+            Conversation.objects.select_for_update(of=("self",))
+            .annotate(last_seq=Coalesce(Subquery(last), 0))
+            .get(pk=conversation_id, owner_id=_owner_pk(user))
+        )
+    except (Conversation.DoesNotExist, ValidationError, ValueError) as exc:
+        raise NotFound from exc
+    return conversation, int(conversation.last_seq)
 
 
-def _assistant_create(*, conversation: Conversation, seq: int, max_tokens: int | None, client_id: str) -> Message:
-    return Message.objects.create(
+def _new_user_message(*, conversation: Conversation, seq: int, content: str, client_id: str) -> Message:
+    return Message(
+        conversation=conversation,
+        owner_id=conversation.owner_id,
+        seq=seq,
+        role=Message.Role.USER,
+        content=content,
+        status=Message.Status.COMPLETE,
+        client_id=client_id,
+    )
+
+
+def _new_answer(*, conversation: Conversation, seq: int, max_tokens: int | None, client_id: str) -> Message:
+    return Message(
         conversation=conversation,
         owner_id=conversation.owner_id,
         seq=seq,
@@ -137,23 +163,18 @@ def _existing_turn(message: Message) -> Turn:
     return Turn(conversation=message.conversation, user_message=message, assistant_message=answer, created=False)
 
 
-def _idempotent(user: User, client_id: str, create: Any) -> Turn:
-    """Runs `create` (holding the user's row lock) unless `client_id` already made its rows.
+def _idempotent(user: User, client_id: str, create: Callable[[], Turn]) -> Turn:
+    """Runs `create` in a transaction, unless `client_id` already made its rows: then returns those.
 
-    A retry, even one racing its first attempt, finds those rows once it holds the lock; the unique key
-    settles the rest (SQLite, where the row lock is a no-op).
+    The unique key on (owner, client_id) decides, without a look-up first: a repeated request either fails
+    its insert (IntegrityError), or is refused by a limit its first attempt now counts against (a busy
+    conversation, say); only then are the rows of the first attempt looked up. A retry racing its first
+    attempt waits for the user's row lock, then takes one of those two paths.
     """
     try:
         with transaction.atomic():
-            _lock_user(user)
-            if client_id:
-                # A twin of this request that held the lock meanwhile has made the rows: answer with them.
-                existing = selectors.message_get_by_client_id(user=user, client_id=client_id)
-                if existing is not None:
-                    return _existing_turn(existing)
-            turn: Turn = create()
-            return turn
-    except IntegrityError:
+            return create()
+    except (IntegrityError, ChatError):
         existing = selectors.message_get_by_client_id(user=user, client_id=client_id) if client_id else None
         if existing is None:
             raise
@@ -168,36 +189,33 @@ def message_send(
     content: str,
     options: GenerationOptions,
 ) -> Turn:
-    """Adds a user message (creating the conversation when none is given) and a `streaming` answer to it."""
+    """Adds a user message (creating the conversation when none is given) and a `streaming` answer to it.
+
+    A new conversation takes five statements (the transaction, the user's lock with the limits, the
+    conversation, both messages at once); a follow-up turn seven, whatever the length of its history.
+    """
 
     def create() -> Turn:
+        _check_can_generate(user=user, conversation_id=_conversation_pk(conversation_id))
         if conversation_id is None:
-            conversation = Conversation(owner_id=_owner_pk(user), title=title_from_content(content))
+            conversation, seq = Conversation(owner_id=_owner_pk(user), title=title_from_content(content)), 0
             conversation.model = settings.LLM_MODELS[0]
+            _apply_options(conversation, options)
+            conversation.save(force_insert=True)
+            # Nothing came before: the prompt is known without asking the database.
+            prompt = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
         else:
-            conversation = _lock_conversation(user=user, conversation_id=conversation_id)
+            conversation, seq = _lock_conversation(user=user, conversation_id=conversation_id)
             if not conversation.title:
                 conversation.title = title_from_content(content)
-        _apply_options(conversation, options)
-        conversation.save()
-        _check_can_generate(user=user, conversation=conversation)
-        seq = 1 if conversation_id is None else _next_seq(conversation)
-        user_message = Message.objects.create(
-            conversation=conversation,
-            owner_id=_owner_pk(user),
-            seq=seq,
-            role=Message.Role.USER,
-            content=content,
-            status=Message.Status.COMPLETE,
-            client_id=client_id,
-        )
-        answer = _assistant_create(conversation=conversation, seq=seq + 1, max_tokens=options.max_tokens, client_id="")
-        if conversation_id is None:
-            # Nothing came before: the prompt is known without asking the database.
-            system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
-            prompt = [*system, {"role": "user", "content": content}]
-        else:
-            prompt = selectors.message_prompt(message=answer)
+            _apply_options(conversation, options)
+            # Read while the conversation is locked: exactly the turns the new answer follows.
+            prompt = selectors.conversation_prompt(conversation=conversation)
+            conversation.save(update_fields=["title", "model", "temperature", "system_prompt", "updated_at"])
+        user_message = _new_user_message(conversation=conversation, seq=seq + 1, content=content, client_id=client_id)
+        answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
+        Message.objects.bulk_create([user_message, answer])
+        prompt.append({"role": "user", "content": content})
         return Turn(
             conversation=conversation, user_message=user_message, assistant_message=answer, created=True, prompt=prompt
         )
@@ -210,20 +228,21 @@ def message_regenerate(*, user: User, message_id: str, client_id: str, options: 
 
     def create() -> Turn:
         message = selectors.message_get_for_user(user=user, message_id=message_id)
-        conversation = _lock_conversation(user=user, conversation_id=str(message.conversation_id))
+        _check_can_generate(user=user, conversation_id=message.conversation_id)
+        conversation, seq = _lock_conversation(user=user, conversation_id=str(message.conversation_id))
         live = selectors.conversation_messages(conversation=conversation)
         if message.role != Message.Role.ASSISTANT or not live or live[-1].pk != message.pk:
             raise InvalidState("Only the latest answer can be regenerated.")
         _apply_options(conversation, options)
         conversation.save()
-        _check_can_generate(user=user, conversation=conversation)
         Message.objects.filter(pk=message.pk).update(superseded_at=timezone.now())
-        answer = _assistant_create(
+        answer = _new_answer(
             conversation=conversation,
-            seq=_next_seq(conversation),
+            seq=seq + 1,
             max_tokens=options.max_tokens if options.max_tokens is not None else message.max_tokens,
             client_id=client_id,
         )
+        answer.save(force_insert=True)
         return Turn(
             conversation=conversation,
             user_message=None,
@@ -245,26 +264,18 @@ def message_edit(*, user: User, message_id: str, content: str, client_id: str, o
 
     def create() -> Turn:
         message = selectors.message_get_for_user(user=user, message_id=message_id)
-        conversation = _lock_conversation(user=user, conversation_id=str(message.conversation_id))
+        _check_can_generate(user=user, conversation_id=message.conversation_id)
+        conversation, seq = _lock_conversation(user=user, conversation_id=str(message.conversation_id))
         if message.role != Message.Role.USER or not message.is_active:
             raise InvalidState("Only a message you wrote, still in the transcript, can be edited.")
         _apply_options(conversation, options)
         conversation.save()
-        _check_can_generate(user=user, conversation=conversation)
         replaced = conversation.messages.filter(seq__gte=message.seq, superseded_at__isnull=True)
         superseded = tuple(str(pk) for pk in replaced.values_list("pk", flat=True))
         replaced.update(superseded_at=timezone.now())
-        seq = _next_seq(conversation)
-        user_message = Message.objects.create(
-            conversation=conversation,
-            owner_id=_owner_pk(user),
-            seq=seq,
-            role=Message.Role.USER,
-            content=content,
-            status=Message.Status.COMPLETE,
-            client_id=client_id,
-        )
-        answer = _assistant_create(conversation=conversation, seq=seq + 1, max_tokens=options.max_tokens, client_id="")
+        user_message = _new_user_message(conversation=conversation, seq=seq + 1, content=content, client_id=client_id)
+        answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
+        Message.objects.bulk_create([user_message, answer])
         return Turn(
             conversation=conversation,
             user_message=user_message,
@@ -363,7 +374,7 @@ def conversation_delete(*, user: User, conversation_id: str) -> tuple[str, list[
     The caller stops those (their generations would otherwise notice only at their next checkpoint).
     """
     # Locked, so that an answer being added concurrently is either listed here or refused for a missing row.
-    conversation = _lock_conversation(user=user, conversation_id=conversation_id)
+    conversation, _ = _lock_conversation(user=user, conversation_id=conversation_id)
     deleted = str(conversation.pk)
     streaming = [
         str(pk) for pk in conversation.messages.filter(status=Message.Status.STREAMING).values_list("pk", flat=True)
@@ -474,7 +485,6 @@ def conversation_update(
     return conversation
 
 
-@transaction.atomic
 def conversation_import(
     *,
     user: User,
@@ -487,42 +497,35 @@ def conversation_import(
     """A conversation given whole (the OpenAI-compatible endpoint): earlier turns as (role, text), then a user
     message `content` and a `streaming` answer to it. A repeated `client_id` finds the rows of its first attempt.
     """
-    if client_id:
-        existing = selectors.message_get_by_client_id(user=user, client_id=client_id)
-        if existing is not None:
-            return _existing_turn(existing)
-    # The user's lock comes first, as in message_send: taking it after inserting rows that reference the user
-    # would deadlock two concurrent imports on PostgreSQL (each holding a key-share lock the other waits on).
-    _lock_user(user)
-    first_user_text = next((text for role, text in history if role == Message.Role.USER), content)
-    conversation = Conversation(
-        owner_id=_owner_pk(user), title=title_from_content(first_user_text), system_prompt=system
-    )
-    conversation.model = settings.LLM_MODELS[0]
-    _apply_options(conversation, options)
-    conversation.save()
-    Message.objects.bulk_create(
-        Message(
-            conversation=conversation,
-            owner_id=_owner_pk(user),
-            seq=seq,
-            role=role,
-            content=text,
-            status=Message.Status.COMPLETE,
+
+    def create() -> Turn:
+        _check_can_generate(user=user, conversation_id=None)
+        first_user_text = next((text for role, text in history if role == Message.Role.USER), content)
+        conversation = Conversation(
+            owner_id=_owner_pk(user), title=title_from_content(first_user_text), system_prompt=system
         )
-        for seq, (role, text) in enumerate(history, start=1)
-    )
-    turn = message_send(
-        user=user,
-        client_id=client_id,
-        conversation_id=str(conversation.pk),
-        content=content,
-        options=GenerationOptions(max_tokens=options.max_tokens),
-    )
-    if not turn.created:
-        # A concurrent twin with the same key won: its rows stand, and this conversation is dropped.
-        transaction.set_rollback(True)
-    return turn
+        conversation.model = settings.LLM_MODELS[0]
+        _apply_options(conversation, options)
+        conversation.save(force_insert=True)
+        earlier = [
+            Message(conversation=conversation, owner_id=_owner_pk(user), seq=seq, role=role, content=text)
+            for seq, (role, text) in enumerate(history, start=1)
+        ]
+        user_message = _new_user_message(
+            conversation=conversation, seq=len(history) + 1, content=content, client_id=client_id
+        )
+        answer = _new_answer(
+            conversation=conversation, seq=len(history) + 2, max_tokens=options.max_tokens, client_id=""
+        )
+        Message.objects.bulk_create([*earlier, user_message, answer])
+        prompt = [{"role": "system", "content": system}] if system else []
+        prompt += [{"role": role, "content": text} for role, text in history if text]
+        prompt.append({"role": "user", "content": content})
+        return Turn(
+            conversation=conversation, user_message=user_message, assistant_message=answer, created=True, prompt=prompt
+        )
+
+    return _idempotent(user, client_id, create)
 
 
 def conversations_set_flagged(*, conversation_ids: list[Any], flagged: bool) -> int:

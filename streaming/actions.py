@@ -7,8 +7,6 @@ sockets (streaming.events), and start or stop generations.
 
 from collections.abc import Awaitable, Callable
 
-from channels.layers import get_channel_layer
-
 from conversations import services
 from conversations.errors import InvalidState, Unavailable
 from conversations.models import Conversation, Message
@@ -17,6 +15,7 @@ from conversations.payloads import conversation_payload, message_payload
 from conversations.services import Turn, User
 from streaming import events
 from streaming.aio import orm
+from streaming.events import get_bus
 from streaming.generation import Prepared
 from streaming.lifecycle import get_engine
 
@@ -31,23 +30,30 @@ def _refuse_while_draining() -> None:
 
 
 async def _begin(turn: Turn, before_start: BeforeStart) -> Turn:
+    """After the rows of a turn committed: subscribe the caller, start the answer, then announce the rows.
+
+    The generation starts before anything is announced, so that an announcement that cannot reach other
+    processes (the channel layer away) never keeps an answer from being written: announcements are
+    best-effort (the bus logs what it could not deliver), and watchers that missed them find the rows when
+    they open the conversation or resume.
+    """
     if before_start is not None:
         await before_start(turn)
     if turn.created:
-        layer = get_channel_layer()
-        group = events.conversation_group(turn.conversation.pk)
-        if turn.superseded:
-            await layer.group_send(group, events.superseded(str(turn.conversation.pk), list(turn.superseded)))
-        for message in (turn.user_message, turn.assistant_message):
-            if message is not None:
-                await layer.group_send(group, events.message(message_payload(message)))
-        await layer.group_send(
-            events.user_group(turn.conversation.owner_id),
-            events.conversation(conversation_payload(turn.conversation, live=True)),
-        )
         answer = turn.assistant_message
         prepared = Prepared.new(answer, turn.prompt) if turn.prompt is not None else None
         await get_engine().start(str(answer.pk), prepared)
+        bus = get_bus()
+        group = events.conversation_group(turn.conversation.pk)
+        if turn.superseded:
+            bus.publish(group, events.superseded(str(turn.conversation.pk), list(turn.superseded)))
+        for message in (turn.user_message, answer):
+            if message is not None:
+                bus.publish(group, events.message(message_payload(message)))
+        bus.publish(
+            events.user_group(turn.conversation.owner_id),
+            events.conversation(conversation_payload(turn.conversation, live=True)),
+        )
     return turn
 
 
@@ -112,9 +118,7 @@ async def chat_rename(*, user: User, conversation_id: str, title: str) -> Conver
     conversation: Conversation = await orm(services.conversation_rename)(
         user=user, conversation_id=conversation_id, title=title
     )
-    await get_channel_layer().group_send(
-        events.user_group(conversation.owner_id), events.conversation(conversation_payload(conversation))
-    )
+    get_bus().publish(events.user_group(conversation.owner_id), events.conversation(conversation_payload(conversation)))
     return conversation
 
 
@@ -124,7 +128,7 @@ async def chat_delete(*, user: User, conversation_id: str) -> None:
     engine = get_engine()
     for message_id in streaming:
         await engine.cancel(message_id)
-    await get_channel_layer().group_send(events.user_group(user.pk), events.conversation_deleted(deleted))
+    get_bus().publish(events.user_group(user.pk), events.conversation_deleted(deleted))
 
 
 async def chat_import(

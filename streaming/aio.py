@@ -4,12 +4,16 @@ cancellation, and tasks detached from a request.
 
 import asyncio
 import contextvars
+import functools
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -17,17 +21,82 @@ T = TypeVar("T")
 
 # --- database work --------------------------------------------------------------------------------------------
 
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _database_executor() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=settings.DB_THREADS, thread_name_prefix="orm")
+        return _executor
+
+
+# A kept connection idle this long is checked before it is used again: a database restart meanwhile would
+# otherwise fail the next unit of work that used it. Busy connections are not checked (their failures are
+# retried by their callers, or reported to the client, which retries with the same id).
+RECHECK_IDLE_SECONDS = 1.0
+_idle_since = threading.local()
+
+
+def _unit_of_work(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    if time.monotonic() - getattr(_idle_since, "at", 0.0) > RECHECK_IDLE_SECONDS:
+        for connection in connections.all(initialized_only=True):
+            if connection.connection is not None and not connection.is_usable():
+                connection.close()
+    try:
+        return func(*args, **kwargs)
+    finally:
+        for connection in connections.all(initialized_only=True):
+            # Kept open for the next unit of work on this thread (the threads are few and long-lived, so the
+            # connections are too), unless an error left it unusable or a caller left autocommit off.
+            connection.close_at = None
+            if connection.errors_occurred or connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"]:
+                connection.close_if_unusable_or_obsolete()
+        _idle_since.at = time.monotonic()
+
 
 def orm(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """Runs an ORM function (a service or selector, each its own unit of work) on a worker thread.
+    """Runs an ORM function (a service or selector, each its own unit of work) on the database threads.
 
-    This is the one way the live side reaches the database. Not on the one "thread-sensitive" thread that
-    database_sync_to_async uses by default: every socket's requests, every generation's checkpoints and every
-    final write would queue there one behind the other, and under load answers waited seconds to start.
-    Connections are closed (returned to the pool) after each call, as with database_sync_to_async.
+    This is the one way the live side reaches the database. The threads are a bounded pool of their own
+    (DB_THREADS): not the event loop's default executor, which the upstream client and the loop itself use,
+    and not the one "thread-sensitive" thread of database_sync_to_async, where every socket's requests, every
+    checkpoint and every final write would queue one behind the other. Each thread keeps its connection open
+    between calls (Django's own check after each unit of work still drops one that failed): opening one per
+    call, or taking one from the pool with a health check, cost more than the short queries it served.
     """
-    wrapped: Callable[P, Awaitable[R]] = database_sync_to_async(func, thread_sensitive=False)
-    return wrapped
+
+    @functools.wraps(func)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(_unit_of_work, func, *args, **kwargs)
+        # A fresh context: the caller's context variables (asgiref's request context among them) stay behind.
+        return await loop.run_in_executor(_database_executor(), contextvars.Context().run, call)
+
+    return run
+
+
+def close_database_connections() -> None:
+    """Closes the connections the database threads hold (at the end of a test session, say): each thread
+    closes its own, since a connection belongs to the thread that opened it."""
+    global _executor
+    with _executor_lock:
+        executor, _executor = _executor, None
+    if executor is None:
+        return
+    workers = len(executor._threads)
+    barrier = threading.Barrier(workers) if workers else None
+
+    def close() -> None:
+        connections.close_all()
+        if barrier is not None:
+            barrier.wait(timeout=10)  # holds each thread until all have taken one close: one each
+
+    for _ in range(workers):
+        executor.submit(close)
+    executor.shutdown(wait=True)
 
 
 # --- a consumer's message loop ----------------------------------------------------------------------------------
@@ -41,17 +110,22 @@ class _Failed:
     error: BaseException
 
 
-async def dispatch_in_order(sources: list[Source], handle: Handler) -> None:
-    """Handles every message of `sources` with `handle`, one at a time, until a handler or a source raises.
+Inbox = asyncio.Queue[Any]
 
-    Channels' own loop (`await_many_dispatch`) waits on both sources with `asyncio.wait` and starts a new task
+
+async def dispatch_in_order(sources: list[Source], handle: Handler, inbox: Inbox | None = None) -> None:
+    """Handles every message of `sources` (and whatever is put into `inbox` meanwhile) with `handle`, one at a
+    time, until a handler or a source raises.
+
+    Channels' own loop (`await_many_dispatch`) waits on its sources with `asyncio.wait` and starts a new task
     for every message it takes, which for a socket receiving tens of deltas a second is a visible share of
     the server's CPU per token (docs/benchmarks.md). Here each source has one long-lived task that moves what
-    it receives into a single queue, and the loop handles the queue in arrival order; as with channels, a
-    handler finishes before the next message is handled, and an exception (StopConsumer included) ends the
-    loop.
+    it receives into a single queue, others may put messages into that queue directly (the bus does), and the
+    loop handles the queue in arrival order; as with channels, a handler finishes before the next message is
+    handled, and an exception (StopConsumer included) ends the loop.
     """
-    inbox: asyncio.Queue[dict[str, Any] | _Failed] = asyncio.Queue()
+    if inbox is None:
+        inbox = asyncio.Queue()
 
     async def pump(source: Source) -> None:
         try:

@@ -1,21 +1,21 @@
-"""The chat WebSocket (`/ws/chat/`): protocol v1 in, service calls, protocol out.
+"""The chat WebSocket (`/ws/chat/`): protocol v1 in, actions and the Watcher, protocol out.
 
 Nothing here streams inside `receive`: generations run in the engine and reach this socket through its
 `Watcher`, so `cancel`, `ping` and disconnects are handled at once even while an answer is being written.
 """
 
+import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 
 from conversations import selectors, services
 from conversations.errors import ChatError
@@ -25,9 +25,10 @@ from conversations.services import Turn
 from streaming import events, lifecycle, protocol, sockets
 from streaming.actions import chat_cancel, chat_delete, chat_edit, chat_regenerate, chat_rename, chat_send
 from streaming.aio import Source, dispatch_in_order, orm
-from streaming.events import user_group
+from streaming.events import get_bus, user_group
 from streaming.lifecycle import get_engine
 from streaming.protocol import (
+    CLOSE_SERVICE_RESTART,
     CLOSE_TOO_MANY_SOCKETS,
     CLOSE_UNAUTHENTICATED,
     Cancel,
@@ -48,77 +49,101 @@ from streaming.watch import Watcher
 
 log = logging.getLogger(__name__)
 
+# Changes to the user's list of conversations are sent at most this often (the first one at once): a user
+# with many tabs starting answers would otherwise cost every tab a frame per answer start and end.
+LIST_COALESCE_SECONDS = 0.25
+LIST_FLUSH = "chat.list_flush"
+
 
 class ChatConsumer(AsyncWebsocketConsumer):
     watcher: Watcher | None = None
+    shows_list = False  # the client asked for the list of conversations, so it gets its changes
+    closed = False  # the client has gone: sends are dropped
+
+    async def __call__(self, scope: dict[str, Any], receive: Source, send: Callable[..., Awaitable[None]]) -> None:
+        """Channels' AsyncConsumer.__call__ with the message loop of streaming.aio and no channel layer: events
+        come from the bus (streaming.events), which puts them straight into this socket's inbox."""
+        self.scope = scope
+        self.base_send = send
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.socket_id = uuid.uuid4().hex
+        with contextlib.suppress(StopConsumer):
+            await dispatch_in_order([receive], self.dispatch, self.inbox)
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Takes an event of the user group from the bus; list changes only if this socket shows the list.
+        (Its watcher has a bus subscription of its own, for its conversation.)"""
+        kind = event["type"]
+        if kind == "gen.conversation_deleted" or (kind == "gen.conversation" and self.shows_list):
+            self.inbox.put_nowait(event)
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         await self.accept()
-        if user is None or not user.is_authenticated:
+        if user is None:
+            # Who the client is could not be looked up (the database away): it reconnects, as after a restart.
+            await self.close(code=CLOSE_SERVICE_RESTART, reason="try again")
+            return
+        if not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED, reason="authentication required")
             return
-        if not await sockets.registry.claim(user.pk, self.channel_name):
+        if not await sockets.registry.claim(user.pk, self.socket_id):
             await self.close(code=CLOSE_TOO_MANY_SOCKETS, reason="too many connections")
             return
         self.user = user
         self.renewed_at = time.monotonic()
-        self.watcher = Watcher(channel_name=self.channel_name, emit=self.emit)
+        self.list_changes: dict[str, dict[str, Any]] = {}
+        self.list_sent_at = 0.0
+        self.list_flush: asyncio.TimerHandle | None = None
+        self.watcher = Watcher(emit=self.emit, emit_frame=self.send_frame, deliver=self.inbox.put_nowait)
         lifecycle.socket_opened(self)
-        await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
+        bus = get_bus()
+        self.bus_key = bus.register(self)
+        await bus.join(user_group(user.pk), self.bus_key)
         await get_engine().ensure_started()
         await self.emit(protocol.ready_event())
 
     async def disconnect(self, code: int) -> None:
         # The generations this socket watched keep running; only the subscriptions go.
+        self.closed = True
         if self.watcher is not None:
             lifecycle.socket_closed(self)
+            if self.list_flush is not None:
+                self.list_flush.cancel()
             await self.watcher.close()
-            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
-            await sockets.registry.release(self.user.pk, self.channel_name)
+            bus = get_bus()
+            bus.leave(user_group(self.user.pk), self.bus_key)
+            bus.unregister(self.bus_key)
+            await sockets.registry.release(self.user.pk, self.socket_id)
 
     async def renew(self) -> None:
-        """Renews what expires or is forgotten (a Redis restart forgets every group): the socket's count and
-        its group memberships. Runs when the client is heard from, at most every RENEW_SECONDS."""
-        assert self.watcher is not None  # noqa: S101 - only for authenticated sockets
+        """Renews the socket's entry in the count of the user's sockets, which expires without news from the
+        client. Runs when the client is heard from, at most every RENEW_SECONDS."""
         self.renewed_at = time.monotonic()
-        await sockets.registry.renew(self.user.pk, self.channel_name)
-        try:
-            await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
-            await self.watcher.refollow()
-        except Exception:
-            log.warning("renewing group memberships failed", exc_info=True)
-
-    async def __call__(self, scope: dict[str, Any], receive: Source, send: Callable[..., Awaitable[None]]) -> None:
-        """Channels' AsyncConsumer.__call__, with the message loop of streaming.dispatch."""
-        self.scope = scope
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        self.channel_name = await self.channel_layer.new_channel()
-        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
-        self.base_send = send
-        with contextlib.suppress(StopConsumer):
-            await dispatch_in_order([receive, self.channel_receive], self.dispatch)
+        await sockets.registry.renew(self.user.pk, self.socket_id)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Routes a message: `gen.*` events by the table of streaming.events, the rest as channels does.
+        """Routes a message: bus events by the tables of streaming.events, the client's as channels does.
 
         Unlike channels' dispatch there is no `aclose_old_connections()` before every message. That call is a
         hop to the one thread that runs every ORM call of the process, made for each delta of each socket:
         under load the database work queued behind it, and answers waited seconds to start. This consumer
-        reaches the database only through streaming.aio.orm, which closes stale connections itself, and its
-        layer events never touch the database.
+        reaches the database only through streaming.aio.orm, and its bus events never touch it.
         """
         kind = message["type"]
-        if kind in events.WATCHER_HANDLERS:
+        if kind in events.WATCHER_HANDLERS or kind == events.RESYNC:
             if self.watcher is not None:
                 try:
                     await self.watcher.handle(message)
                 except Exception:
                     # The database away during a repair, say: it must not end the socket.
-                    log.warning("handling a layer event failed", exc_info=True, extra={"kind": kind})
+                    log.warning("handling an event failed", exc_info=True, extra={"kind": kind})
             return
         if kind in events.LIST_HANDLERS:
             await getattr(self, events.LIST_HANDLERS[kind])(message)
+            return
+        if kind == LIST_FLUSH:
+            await self.flush_list()
             return
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
@@ -126,7 +151,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def emit(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(event, ensure_ascii=False))
+        await self.send_frame(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+
+    async def send_frame(self, frame: str) -> None:
+        """Sends one text frame. A client that has gone is not an error: the frame is dropped, and the socket
+        goes on until the server's disconnect arrives and `disconnect` runs."""
+        if self.closed:
+            return
+        try:
+            await self.base_send({"type": "websocket.send", "text": frame})
+        except Exception:
+            # The connection closed under us (the server refuses to send on a closing socket).
+            self.closed = True
+            log.debug("dropped a frame for a closed socket", exc_info=True)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.watcher is None:
@@ -250,6 +287,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def list_conversations(self, request: ListConversations) -> None:
+        # From now on this socket shows the list, and gets its changes (see `deliver`).
+        self.shows_list = True
         page, has_more = await orm(selectors.conversation_list_for_user)(
             user=self.user, query=request.query, offset=request.offset
         )
@@ -265,9 +304,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- the user's list of conversations (user group events) ----------------------------------------------
 
     async def on_conversation(self, event: events.ConversationEvent) -> None:
-        await self.emit({"type": "conversation", "conversation": event["conversation"]})
+        """Collects a change to the list: sent at once if none was sent lately, else with the next flush."""
+        change = event["conversation"]
+        self.list_changes[change["id"]] = {**self.list_changes.get(change["id"], {}), **change}
+        if self.list_flush is not None:
+            return
+        wait = self.list_sent_at + LIST_COALESCE_SECONDS - time.monotonic()
+        if wait <= 0:
+            await self.flush_list()
+        else:
+            self.list_flush = asyncio.get_running_loop().call_later(wait, self.inbox.put_nowait, {"type": LIST_FLUSH})
+
+    async def flush_list(self) -> None:
+        self.list_flush = None
+        self.list_sent_at = time.monotonic()
+        changes, self.list_changes = self.list_changes, {}
+        for change in changes.values():
+            await self.emit({"type": "conversation", "conversation": change})
 
     async def on_conversation_deleted(self, event: events.ConversationDeletedEvent) -> None:
+        self.list_changes.pop(event["conversation"], None)
         if self.watcher is not None and self.watcher.conversation_id == event["conversation"]:
             await self.watcher.unfollow()
         await self.emit({"type": "conversation_deleted", "conversation": event["conversation"]})

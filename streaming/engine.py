@@ -13,42 +13,39 @@ import logging
 import time
 from typing import Any
 
-from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from conversations import services
 from conversations.models import Message
 from streaming import events, metrics, upstream
 from streaming.aio import cancel_firmly, orm
+from streaming.events import Bus, get_bus
 from streaming.generation import Generation, Prepared, announce_swept, prepared_load
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 5.0  # seconds the background tasks get to end at shutdown
-REJOIN_SECONDS = 10.0  # how often a generation renews its control group membership
 
 
 class Engine:
     """The generations of one process (one event loop) and its end of the control protocol."""
 
-    def __init__(self) -> None:
-        self.layer: BaseChannelLayer = get_channel_layer()
+    def __init__(self, bus: Bus | None = None) -> None:
+        self.bus = bus or get_bus()
         self.generations: dict[str, Generation] = {}
-        self.control_channel = ""
+        # The engine is the bus subscriber of its generations' control groups; requests wait in `_inbox`.
+        self.key = self.bus.register(self)
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()  # each generation's whole run, final write included
         self._background: set[asyncio.Task[None]] = set()
         self._started = False
         self.draining = False  # shutting down: no new generations (see streaming.lifecycle)
 
     async def ensure_started(self) -> None:
-        """Opens the control channel and starts the sweeper; the first sweep runs at once (start-up)."""
+        """Starts the control loop, the checkpoints and the sweeper; the first sweep runs at once (start-up)."""
         if self._started:
             return
         self._started = True
-        # The default prefix matters: channels-redis serves all of a process's channels with one blocking pop
-        # on one key per prefix, behind one lock, so a channel with its own prefix would hold up the
-        # consumers' receives for seconds at a time.
-        self.control_channel = await self.layer.new_channel()
         self._spawn(self._control_loop())
         self._spawn(self._sweep_loop())
         self._spawn(self._checkpoint_loop())
@@ -75,7 +72,13 @@ class Engine:
         if background:
             # A task still blocked after the grace period is left to the event loop's own end.
             await asyncio.wait(background, timeout=SHUTDOWN_GRACE)
+        self.bus.unregister(self.key)
+        await self.bus.stop()
         await upstream.aclose_clients()
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Takes a control request from the bus (see streaming.events.Bus)."""
+        self._inbox.put_nowait(event)
 
     # --- starting and stopping ---------------------------------------------------------------------------
 
@@ -88,18 +91,14 @@ class Engine:
         loaded = prepared or await orm(prepared_load)(message_id)
         if loaded is None or loaded.status != Message.Status.STREAMING or message_id in self.generations:
             return
-        gen = Generation.of(message_id, loaded, self.layer)
+        gen = Generation.of(message_id, loaded, self.bus)
         self.generations[message_id] = gen
         metrics.GENERATIONS_ACTIVE.inc()
         task = asyncio.create_task(self._run(gen))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        try:
-            await self.layer.group_add(events.control_group(message_id), self.control_channel)
-        except Exception:
-            # Cancels from other processes still arrive through the row's flag, read at each checkpoint; the
-            # subscription is renewed every REJOIN_SECONDS.
-            log.warning("subscribing a generation to its control group failed", exc_info=True)
+        # Never fails: cancels from other processes also arrive through the row's flag, read at each checkpoint.
+        await self.bus.join(events.control_group(message_id), self.key)
 
     async def _run(self, gen: Generation) -> None:
         try:
@@ -108,10 +107,7 @@ class Engine:
             self.generations.pop(gen.message_id, None)
             metrics.GENERATIONS_ACTIVE.dec()
             metrics.GENERATIONS.labels(gen.status).inc()
-            try:
-                await self.layer.group_discard(events.control_group(gen.message_id), self.control_channel)
-            except Exception:
-                log.warning("leaving a control group failed", exc_info=True)
+            self.bus.leave(events.control_group(gen.message_id), self.key)
 
     async def cancel(self, message_id: str) -> None:
         """Stops the generation wherever it runs. The caller has already flagged the row (the durable half)."""
@@ -119,38 +115,31 @@ class Engine:
         if gen is not None:
             gen.stop(cancelled=True)
         else:
-            await self.layer.group_send(events.control_group(message_id), events.cancel_request(message_id))
+            self.bus.publish(events.control_group(message_id), events.cancel_request(message_id))
 
     async def request_resume(self, message_id: str, offset: int, rendered: int, reply_to: str) -> None:
         """Asks the generation's engine to send `reply_to` its text from `offset` and the finished blocks after
         `rendered` (see Generation.answer_resume)."""
-        if message_id in self.generations:
-            await self._reply_resume(message_id, offset, rendered, reply_to)
-        else:
-            await self.layer.group_send(
-                events.control_group(message_id), events.resume_request(message_id, offset, rendered, reply_to)
-            )
-
-    async def _reply_resume(self, message_id: str, offset: int, rendered: int, reply_to: str) -> None:
         gen = self.generations.get(message_id)
         if gen is not None:
-            await gen.answer_resume(offset, rendered, reply_to)
+            gen.answer_resume(offset, rendered, reply_to)
+        else:
+            request = events.resume_request(message_id, offset, rendered, reply_to)
+            self.bus.publish(events.control_group(message_id), request)
 
     # --- control channel, checkpoints and sweeper -------------------------------------------------------------
 
     async def _control_loop(self) -> None:
+        """Handles the requests that other processes send this process's generations (local ones are
+        handled directly: see `cancel` and `request_resume`)."""
         while True:
-            try:
-                message = await self.layer.receive(self.control_channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("control channel receive failed", exc_info=True)
-                await asyncio.sleep(1)
-                continue
+            message = await self._inbox.get()
             kind = message.get("type")
+            handler = events.CONTROL_HANDLERS.get(str(kind))
+            if handler is None:
+                continue  # a resync: nothing to redo, a requester asks again
             try:
-                await getattr(self, events.CONTROL_HANDLERS[kind])(message)
+                await getattr(self, handler)(message)
             except Exception:
                 log.warning("control message failed", exc_info=True, extra={"kind": kind})
 
@@ -160,9 +149,11 @@ class Engine:
             gen.stop(cancelled=True)
 
     async def on_resume(self, request: events.ResumeRequest) -> None:
-        await self._reply_resume(
-            str(request["message"]), int(request["offset"]), int(request["rendered"]), str(request["reply_to"])
-        )
+        gen = self.generations.get(str(request["message"]))
+        if gen is not None:
+            # Asked from another process: from now on its deltas cross the channel layer too.
+            gen.watched_elsewhere = True
+            gen.answer_resume(int(request["offset"]), int(request["rendered"]), str(request["reply_to"]))
 
     async def _checkpoint_loop(self) -> None:
         """Saves the text of every generation of this process about once a second, in one statement.
@@ -170,11 +161,9 @@ class Engine:
         One write a second per process, whatever the number of answers, and never per token. An answer
         with nothing new renews its lease at least every third of it, so that no sweeper takes it for dead.
         A failed write (the database restarting, say) is retried at the next interval: the text is in
-        memory, and the lease outlives several intervals. Every REJOIN_SECONDS the control subscriptions are
-        renewed too (a Redis restart forgets every group).
+        memory, and the lease outlives several intervals.
         """
         renew_after = settings.CHAT_LEASE_SECONDS / 3
-        joined = time.monotonic()
         while True:
             await asyncio.sleep(settings.CHAT_CHECKPOINT_SECONDS)
             now = time.monotonic()
@@ -185,9 +174,6 @@ class Engine:
             ]
             if due:
                 await self._checkpoint(due)
-            if now - joined > REJOIN_SECONDS:
-                joined = now
-                await self._rejoin()
 
     async def _checkpoint(self, due: list[Generation]) -> None:
         texts = {gen.message_id: gen.text() for gen in due}
@@ -205,14 +191,6 @@ class Engine:
             if stopping is not None and not stopping.closing:
                 stopping.stop(cancelled=cancelled)
 
-    async def _rejoin(self) -> None:
-        for message_id in list(self.generations):
-            try:
-                await self.layer.group_add(events.control_group(message_id), self.control_channel)
-            except Exception:
-                log.warning("renewing a control subscription failed", exc_info=True)
-                return
-
     async def _sweep_loop(self) -> None:
         while True:
             try:
@@ -228,5 +206,5 @@ class Engine:
         swept = await orm(services.messages_sweep_expired)()
         for message in swept:
             log.info("swept abandoned answer", extra={"message_id": str(message.pk)})
-            await announce_swept(self.layer, message)
+            announce_swept(self.bus, message)
         return len(swept)

@@ -8,23 +8,23 @@ watcher that gets `gen.done` can always read the whole answer from the database.
 
 import asyncio
 import bisect
-import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from channels.layers import BaseChannelLayer
 from django.conf import settings
 
 from conversations import selectors, services
 from conversations.markdown import Block, BlockSplitter
 from conversations.models import Message
 from conversations.payloads import usage
-from streaming import events, metrics, upstream
+from streaming import events, metrics, protocol, upstream
 from streaming.aio import cancel_firmly, orm
+from streaming.events import Bus
 from streaming.upstream import ChatRequest, StreamEnd, TextDelta, ToolCallDelta, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,11 @@ class Generation:
     conversation_id: str
     owner_id: str
     request: ChatRequest
-    layer: BaseChannelLayer
+    bus: Bus
     cancel_requested: bool = False
+    # Whether a watcher in another process has asked for this answer: only then do its deltas cross the
+    # channel layer (see streaming.events.Bus).
+    watched_elsewhere: bool = False
     content: str = ""  # the text published so far
     pending: list[str] = field(default_factory=list)  # text received but not yet published
     pending_length: int = 0
@@ -101,21 +104,18 @@ class Generation:
     published_at: float | None = None  # when the last delta went out
     reader: "asyncio.Task[Outcome] | None" = None  # reading the upstream: the only part a stop cancels
     saved_at: float = field(default_factory=time.monotonic)  # when the last checkpoint (or the insert) was
-    # The publisher is never cancelled in the middle of a channel-layer call (a cancelled Redis command can
-    # swallow the cancellation and leave its connection unusable): `closing` asks it to return after the call
-    # in flight. A closing generation also takes no more checkpoints: its final write is on the way.
+    # Reading is over and the final write is on the way: no more checkpoints.
     closing: bool = False
-    publishing: bool = False
     status: str = Status.STREAMING  # the final status, once written
 
     @classmethod
-    def of(cls, message_id: str, prepared: Prepared, layer: BaseChannelLayer) -> "Generation":
+    def of(cls, message_id: str, prepared: Prepared, bus: Bus) -> "Generation":
         return cls(
             message_id=message_id,
             conversation_id=prepared.conversation_id,
             owner_id=prepared.owner_id,
             request=prepared.request,
-            layer=layer,
+            bus=bus,
             cancel_requested=prepared.cancel_requested,
         )
 
@@ -150,16 +150,16 @@ class Generation:
             # A reader that has already finished is not affected: the answer ended on its own.
             cancel_firmly(self.reader)
 
-    async def answer_resume(self, offset: int, rendered: int, reply_to: str) -> None:
-        """Sends the layer channel `reply_to` what a watcher that has `offset` code points (the HTML of
-        `rendered` of them) lacks: one delta with the rest of the text (unpublished text too; later deltas
-        that overlap it are trimmed by offset), then the tool calls so far."""
+    def answer_resume(self, offset: int, rendered: int, reply_to: str) -> None:
+        """Sends the watcher at `reply_to` (a bus address) what a client that has `offset` code points (the
+        HTML of `rendered` of them) lacks: one delta with the rest of the text (unpublished text too; later
+        deltas that overlap it are trimmed by offset), then the tool calls so far."""
         text = self.text()
         start = min(offset, len(text))
         blocks = [block.payload() for block in self.blocks_after(rendered)]
-        await self.layer.send(reply_to, events.delta(self.message_id, start, text[start:], blocks))
+        self.bus.send(reply_to, events.delta(self.message_id, start, text[start:], blocks))
         if self.tool_calls:
-            await self.layer.send(reply_to, events.tools(self.message_id, self.tool_calls_payload()))
+            self.bus.send(reply_to, events.tools(self.message_id, self.tool_calls_payload()))
 
     # --- the pipeline ------------------------------------------------------------------------------------------
 
@@ -172,8 +172,7 @@ class Generation:
             status, error = await self.reader
         finally:
             self.closing = True
-            if not self.publishing:
-                publisher.cancel()
+            publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
         await self._finish(status, error)
 
@@ -227,16 +226,10 @@ class Generation:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            self.publishing = True
-            try:
-                await self._flush()
-            finally:
-                self.publishing = False
-            if self.closing:
-                return
+            self._flush()
             await asyncio.sleep(window)
 
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
         group = events.conversation_group(self.conversation_id)
         try:
             if self.pending:
@@ -254,18 +247,25 @@ class Generation:
                 self.pending_length = 0
                 blocks = self.splitter.feed(chunk)
                 self.blocks.extend(blocks)
-                await self.layer.group_send(
-                    group, events.delta(self.message_id, offset, chunk, [block.payload() for block in blocks])
+                payloads = [block.payload() for block in blocks]
+                # What every client that has exactly `offset` code points receives, serialised once for all.
+                frame = json.dumps(
+                    protocol.delta_event(self.message_id, offset, chunk, payloads),
+                    ensure_ascii=False,
+                    separators=(",", ":"),
                 )
+                delta = events.delta(self.message_id, offset, chunk, payloads, frame=frame)
+                self.bus.publish(group, delta, cross=self.watched_elsewhere)
             if self.tools_dirty:
                 self.tools_dirty = False
-                await self.layer.group_send(group, events.tools(self.message_id, self.tool_calls_payload()))
+                tools = events.tools(self.message_id, self.tool_calls_payload())
+                self.bus.publish(group, tools, cross=self.watched_elsewhere)
         except Exception:
             # A lost publication is a gap the watchers repair by offset; the generation carries on.
             log.warning("publishing a delta failed", exc_info=True, extra={"message_id": self.message_id})
 
     async def _finish(self, status: str, error: tuple[str, str] | None) -> None:
-        await self._flush()
+        self._flush()
         last = self.splitter.finish()
         if last is not None:
             self.blocks.append(last)
@@ -307,8 +307,8 @@ class Generation:
             extra={"message_id": self.message_id, "status": status, "chars": len(self.content), "saved": saved},
         )
         # Unsaved (the database stayed away), the answer is left to the sweeper, which tells watchers.
-        await announce_end(
-            self.layer,
+        announce_end(
+            self.bus,
             conversation_id=self.conversation_id,
             owner_id=self.owner_id,
             done=done if saved is not None else None,
@@ -336,19 +336,16 @@ class Generation:
             wait = min(wait * 2, 5.0)
 
 
-async def announce_end(
-    layer: BaseChannelLayer, *, conversation_id: str, owner_id: str, done: events.DoneEvent | None
-) -> None:
+def announce_end(bus: Bus, *, conversation_id: str, owner_id: str, done: events.DoneEvent | None) -> None:
     """Tells an answer's watchers that it ended (`done`, unless it is left to the sweeper) and its owner's
-    sockets that the conversation is no longer live. Best-effort: watchers also check the database."""
+    sockets that the conversation is no longer live. Best-effort across processes: watchers also check the
+    database."""
     if done is not None:
-        with contextlib.suppress(Exception):
-            await layer.group_send(events.conversation_group(conversation_id), done)
-    with contextlib.suppress(Exception):
-        await layer.group_send(events.user_group(owner_id), events.conversation_live(conversation_id, live=False))
+        bus.publish(events.conversation_group(conversation_id), done)
+    bus.publish(events.user_group(owner_id), events.conversation_live(conversation_id, live=False))
 
 
-async def announce_swept(layer: BaseChannelLayer, message: Message) -> None:
+def announce_swept(bus: Bus, message: Message) -> None:
     """Announces the end of an answer that a sweep found abandoned (its process died) and saved `interrupted`."""
     done = events.done(
         str(message.pk),
@@ -356,4 +353,4 @@ async def announce_swept(layer: BaseChannelLayer, message: Message) -> None:
         length=len(message.content),
         error={"code": message.error_code, "message": message.error_message},
     )
-    await announce_end(layer, conversation_id=str(message.conversation_id), owner_id=str(message.owner_id), done=done)
+    announce_end(bus, conversation_id=str(message.conversation_id), owner_id=str(message.owner_id), done=done)

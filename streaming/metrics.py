@@ -21,3 +21,7 @@ DELTA_INTERVAL = Histogram(
 TOKENS = Counter("chat_tokens_total", "Text pieces received from the model server (about one per token).")
 GENERATIONS = Counter("chat_generations_total", "Answers that ended, by final status.", ["status"])
 ERRORS = Counter("chat_generation_errors_total", "Answers that ended in error, by error code.", ["code"])
+BUS_DROPPED = Counter(
+    "chat_bus_dropped_total", "Events for other processes that the channel layer did not take (lost; repaired)."
+)
+BUS_OUTAGES = Counter("chat_bus_outages_total", "Times the channel layer became unreachable from this process.")

@@ -33,6 +33,7 @@ import json
 import logging
 import re
 import time
+import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -154,12 +155,26 @@ def _client() -> httpx.AsyncClient:
         # httpx's API (and httpx-sse) on aiohttp's transport: reading an event costs far less CPU than on
         # httpx's own transport (see docs/benchmarks.md). No pool-wide cap: concurrency is bounded per user
         # by the engine, and a cap would queue whole answers behind each other. Timeouts are set per request
-        # (see _timeout); proxies come from the environment, as with httpx.
+        # (see _timeout). The environment (proxy variables) is read once, here: with `trust_env` aiohttp read
+        # it, and ~/.netrc, on a thread of the loop's executor for every request, which put each answer's
+        # first byte behind whatever else that executor was doing.
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS), trust_env=True
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS), trust_env=False
         )
-        client = _clients[loop] = httpx.AsyncClient(transport=AiohttpTransport(client=session))
+        transport = AiohttpTransport(client=session, proxy=_proxy_from_environment())
+        client = _clients[loop] = httpx.AsyncClient(transport=transport, trust_env=False)
     return client
+
+
+def _proxy_from_environment() -> httpx.Proxy | None:
+    """The proxy the environment names for the model server (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
+    NO_PROXY, as httpx and curl read them), if any."""
+    url = httpx.URL(settings.LLM_BASE_URL or "http://127.0.0.1")
+    if urllib.request.proxy_bypass(url.host):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    return httpx.Proxy(proxy) if proxy else None
 
 
 def _forget_closed_loops() -> None:

@@ -1,10 +1,13 @@
-"""Watching generations: turns the lossy, possibly reordered layer events into an exact stream per client.
+"""Watching generations: turns the lossy, possibly reordered events of the bus into an exact stream per client.
 
-A `Watcher` belongs to one client connection (a WebSocket, later an SSE response). It follows one
-conversation group and keeps, per streaming message, the offset the client has. Deltas behind that offset
-are trimmed, a delta ahead of it means the layer dropped something and triggers a resume request to the
-generation, and when a generation ends the remainder always comes from the database. The client therefore
-sees every character exactly once, whatever the layer lost.
+A `Watcher` belongs to one client connection (a WebSocket, an SSE response). It follows one conversation
+group and keeps, per streaming message, the offset the client has. Deltas behind that offset are trimmed, a
+delta ahead of it means something was lost on the way (the channel layer drops what it cannot carry) and
+triggers a resume request to the generation, and when a generation ends the remainder always comes from the
+database. The client therefore sees every character exactly once, whatever was lost.
+
+Events reach a watcher through its owner: the bus hands them to `deliver`, which passes them to the owner's
+queue (the consumer's message loop, the SSE stream's reader), and the owner calls `handle` in order.
 """
 
 import asyncio
@@ -14,8 +17,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from channels.layers import BaseChannelLayer, get_channel_layer
-
 from conversations import selectors
 from conversations.markdown import BlockPayload
 from conversations.models import Message
@@ -23,19 +24,20 @@ from conversations.payloads import ErrorPayload, error_payload, message_payload,
 from conversations.services import Turn, User
 from streaming import events, metrics, protocol
 from streaming.aio import orm
-from streaming.events import conversation_group
+from streaming.events import conversation_group, get_bus
 from streaming.lifecycle import get_engine
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
+EmitFrame = Callable[[str], Awaitable[None]]
+Deliver = Callable[[dict[str, Any]], None]
 
 # A resume request unanswered this long is retried, after checking whether the answer ended meanwhile.
 RESUME_TIMEOUT = 2.0
 # A watched answer silent this long is checked against the database (its `done` may have been dropped).
 IDLE_CHECK = 10.0
 WATCHDOG_PERIOD = 1.0
-REJOIN_SECONDS = 10.0  # how often a watching client renews its group membership (see _watch_dog)
 
 
 @dataclass
@@ -51,10 +53,19 @@ def _row(message_id: str, conversation_id: str) -> Message | None:
 
 
 class Watcher:
-    def __init__(self, *, channel_name: str, emit: Emit) -> None:
-        self.channel_name = channel_name
+    """One client's view of the answers of the conversation it follows.
+
+    `emit` sends the client a protocol event; `emit_frame`, when the client takes them, sends it a frame
+    already serialised (the delta every client at the same offset receives, serialised once); `deliver` is
+    where the bus's events go: the owner's queue, whose reader calls `handle`.
+    """
+
+    def __init__(self, *, emit: Emit, deliver: Deliver, emit_frame: EmitFrame | None = None) -> None:
         self.emit = emit
-        self.layer: BaseChannelLayer = get_channel_layer()
+        self.emit_frame = emit_frame
+        self.deliver = deliver
+        self.bus = get_bus()
+        self.key = self.bus.register(self)
         self.conversation_id: str | None = None
         self.watches: dict[str, _Watch] = {}
         self.announced: set[str] = set()
@@ -73,21 +84,17 @@ class Watcher:
             return
         await self.unfollow()
         self.conversation_id = conversation_id
-        await self.layer.group_add(conversation_group(conversation_id), self.channel_name)
-
-    async def refollow(self) -> None:
-        """Joins the followed conversation's group again (idempotent): a Redis restart forgets groups."""
-        if self.conversation_id is not None:
-            await self.layer.group_add(conversation_group(self.conversation_id), self.channel_name)
+        await self.bus.join(conversation_group(conversation_id), self.key)
 
     async def unfollow(self) -> None:
         if self.conversation_id is not None:
-            await self.layer.group_discard(conversation_group(self.conversation_id), self.channel_name)
+            self.bus.leave(conversation_group(self.conversation_id), self.key)
         self.conversation_id = None
         self.watches.clear()
         self.announced.clear()
 
     async def close(self) -> None:
+        """Stops watching for good (the answers go on); safe to call more than once."""
         if not self._closed:
             self._closed = True
             metrics.WATCHERS_ACTIVE.dec()
@@ -96,6 +103,7 @@ class Watcher:
             # Waited for, not awaited: a cancellation of close()'s own caller must not be swallowed here.
             await asyncio.wait([self._watchdog])
         await self.unfollow()
+        self.bus.unregister(self.key)
 
     def mark_announced(self, *message_ids: str) -> None:
         self.announced.update(message_ids)
@@ -155,13 +163,23 @@ class Watcher:
         if watch is None:
             return
         watch.resume_requested_at = time.monotonic()
-        await get_engine().request_resume(message_id, watch.offset, watch.rendered, self.channel_name)
+        await get_engine().request_resume(message_id, watch.offset, watch.rendered, await self.bus.address(self.key))
 
     # --- layer events ------------------------------------------------------------------------------------
 
     async def handle(self, event: dict[str, Any]) -> None:
         """Hands a conversation event (or a resume reply) to its handler below (events.WATCHER_HANDLERS)."""
-        await getattr(self, events.WATCHER_HANDLERS[event["type"]])(event)
+        if event["type"] == events.RESYNC:
+            await self.on_resync()
+        else:
+            await getattr(self, events.WATCHER_HANDLERS[event["type"]])(event)
+
+    async def on_resync(self) -> None:
+        """Events from other processes may have been lost (the channel layer was away): every answer being
+        watched is checked against the database, and those still being written are asked for their text."""
+        for message_id in list(self.watches):
+            if not await self._finish_from_database(message_id):
+                await self._ask(message_id)
 
     async def on_message(self, event: events.MessageEvent) -> None:
         payload = event["message"]
@@ -173,8 +191,9 @@ class Watcher:
             self.announced.add(message_id)
             await self.emit({"type": "message", "message": payload})
         if payload["status"] == Message.Status.STREAMING and message_id not in self.watches:
-            content = payload["content"]
-            await self.watch(message_id, len(content), payload.get("rendered", 0), ask=bool(content))
+            # Asked even when new: the generation starts before its row is announced, and may have published
+            # text already (and a generation in another process learns that it is watched from there).
+            await self.watch(message_id, len(payload["content"]), payload.get("rendered", 0))
 
     async def on_delta(self, event: events.DeltaEvent) -> None:
         message_id, offset, text = event["message"], event["offset"], event["text"]
@@ -189,10 +208,15 @@ class Watcher:
                 fresh = text[watch.offset - offset :]
                 start = watch.offset
                 watch.offset += len(fresh)
-                blocks, ask = _new_blocks(watch, event.get("blocks"))
+                sent = event.get("blocks", [])
+                blocks, ask = _new_blocks(watch, sent)
                 if not ask:
                     watch.resume_requested_at = None
-                if fresh or blocks:
+                frame = event.get("frame")
+                if frame is not None and self.emit_frame is not None and start == offset and len(blocks) == len(sent):
+                    # The client had exactly what preceded this delta: the frame serialised for all such clients.
+                    await self.emit_frame(frame)
+                elif fresh or blocks:
                     await self.emit(protocol.delta_event(message_id, start, fresh, blocks))
             # Something before this event was dropped: ask for it unless a request is already out.
             ask = ask and not (
@@ -288,19 +312,14 @@ class Watcher:
             self._watchdog = asyncio.create_task(self._watch_dog())
 
     async def _watch_dog(self) -> None:
-        """Repairs what lost layer messages would otherwise leave hanging: resumes and `done`s.
+        """Repairs what lost events would otherwise leave hanging: resumes and `done`s.
 
-        It also renews the subscription while it watches: a Redis restart forgets every group, and the
-        answer's deltas would otherwise stop reaching this client. A failure (the database or Redis away) is
-        logged and tried again next round: this is the recovery path, it must not end itself.
+        A failure (the database away) is logged and tried again next round: this is the recovery path, it
+        must not end itself.
         """
-        joined = time.monotonic()
         while self.watches:
             await asyncio.sleep(WATCHDOG_PERIOD)
             try:
-                if time.monotonic() - joined > REJOIN_SECONDS:
-                    joined = time.monotonic()
-                    await self.refollow()
                 await self._repair()
             except Exception:
                 log.warning("watchdog round failed; retrying", exc_info=True)

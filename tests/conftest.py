@@ -8,16 +8,18 @@ from django.contrib.auth import get_user_model
 from django.db import connections
 from django.test import Client
 
+from streaming.aio import close_database_connections
 from tests.support import Daphne, DevLLMThread, collect_static, daphne_env
 
 
 @pytest.fixture(scope="session", autouse=True)
 def close_thread_connections(django_db_setup, django_db_blocker) -> Iterator[None]:
-    """Async tests make their ORM calls on asgiref's shared thread, whose connections nothing closes: they
-    would keep the test database from being dropped at the end."""
+    """Async tests make their ORM calls on asgiref's shared thread and on the live side's database threads,
+    whose connections stay open: they would keep the test database from being dropped at the end."""
     yield
     with django_db_blocker.unblock():
         asyncio.run(sync_to_async(connections.close_all)())
+        close_database_connections()
 
 
 @pytest.fixture(scope="session")

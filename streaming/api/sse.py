@@ -1,9 +1,9 @@
 """Answers followed over HTTP: one `Watcher` per response, and the event-stream (SSE) encoding of its events.
 
-An HTTP client is one more watcher of a generation, like a WebSocket: it gets its own layer channel, a
-`Watcher` on it turns the lossy layer events into an exact stream (trimmed by offset, gaps resumed, the end
-read from the database), and the events are the WebSocket's (`message`, `delta`, `tool_calls`, `done`). When
-the client goes away only the watcher stops: the generation runs on until it ends or is cancelled.
+An HTTP client is one more watcher of a generation, like a WebSocket: a `Watcher` of its own turns the events
+of the bus into an exact stream (trimmed by offset, gaps resumed, the end read from the database), and the
+events are the WebSocket's (`message`, `delta`, `tool_calls`, `done`). When the client goes away only the
+watcher stops: the generation runs on until it ends or is cancelled.
 """
 
 import asyncio
@@ -12,13 +12,12 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from conversations.models import Message
 from conversations.services import Turn, User
-from streaming.aio import cancel_firmly, detached
+from streaming.aio import detached
 from streaming.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -27,21 +26,19 @@ KEEPALIVE = b": keep-alive\n\n"
 
 
 class AnswerStream:
-    """One HTTP client following one answer: a layer channel of its own, a Watcher on it, and a queue of what
-    the Watcher emits. `offset` is how much of the answer the client has been given, the `id:` of each event."""
+    """One HTTP client following one answer: a Watcher, the queue of bus events it handles, and the queue of
+    what it emits. `offset` is how much of the answer the client has been given, the `id:` of each event."""
 
     def __init__(self) -> None:
-        self.layer: BaseChannelLayer = get_channel_layer()
-        self.channel = ""
         self.answer = ""  # the message whose `done` ends the stream
         self.offset = 0
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # what the client gets
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # what the bus delivers
         self._receiver: asyncio.Task[None] | None = None
         self._closed = False
 
     async def open(self) -> "AnswerStream":
-        self.channel = await self.layer.new_channel()
-        self.watcher = Watcher(channel_name=self.channel, emit=self._queue.put)
+        self.watcher = Watcher(emit=self._queue.put, deliver=self._inbox.put_nowait)
         return self
 
     async def join(self, turn: Turn, ref: str | None) -> None:
@@ -97,14 +94,7 @@ class AnswerStream:
 
     async def _receive(self) -> None:
         while not self._closed:
-            try:
-                event = await self.layer.receive(self.channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("event stream receive failed", exc_info=True)
-                await asyncio.sleep(1)
-                continue
+            event = await self._inbox.get()
             try:
                 await self.watcher.handle(event)
             except Exception:
@@ -116,8 +106,7 @@ class AnswerStream:
             return
         self._closed = True
         if self._receiver is not None:
-            # A cancelled channel-layer receive can swallow the cancellation on Python 3.11: insist.
-            cancel_firmly(self._receiver)
+            self._receiver.cancel()
         await self.watcher.close()
 
 

@@ -225,9 +225,10 @@ def test_search_finds_text_inside_messages(page, make_user):
     assert page.locator("#conversations li a").inner_text() == "The word is zanzibar"
 
 
-def wait_for_messages(page, count: int) -> None:
+def wait_for_messages(page, count: int, *, at_least: bool = False) -> None:
+    test = ">=" if at_least else "==="
     try:
-        page.wait_for_function("(count) => document.querySelectorAll('.message').length === count", arg=count)
+        page.wait_for_function(f"(count) => document.querySelectorAll('.message').length {test} count", arg=count)
     except PlaywrightTimeoutError:
         state = page.evaluate(
             """() => ({shown: document.querySelectorAll('.message').length, hasMore: window.chat.state.hasMore,
@@ -247,8 +248,10 @@ def test_long_conversations_load_older_messages_on_demand(daphne, login, setting
     assert page.locator(".message").count() == 50
     assert page.locator(".message .plain").last.inner_text() == "question 59"
     page.click("#older")
-    wait_for_messages(page, 100)
-    page.click("#older")
+    # A reader left at the top of the transcript gets the next page by itself, so it may come at once too.
+    wait_for_messages(page, 100, at_least=True)
+    if page.locator("#older").is_visible():
+        page.click("#older")
     wait_for_messages(page, 120)
     assert page.locator("#older").is_hidden()
     assert page.locator(".message .plain").first.inner_text() == "question 0"

@@ -1,5 +1,6 @@
 """Services and selectors against the real database: turns, idempotency, limits, ownership, prompts."""
 
+import functools
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -8,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from conversations import selectors, services
@@ -220,3 +222,34 @@ def test_starting_answers_is_limited_per_minute(user, settings):
         send(user)
     Message.objects.filter(owner=user).update(created_at=timezone.now() - timedelta(minutes=2))
     assert send(user).created
+
+
+def statements(action):
+    """The SQL statements an action runs, as the database sees them (transaction control included)."""
+    with CaptureQueriesContext(connection) as queries:
+        result = action()
+    return result, [query["sql"] for query in queries.captured_queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_conversation_opens_in_at_most_five_statements():
+    user = get_user_model().objects.create_user(username="opener")
+    _, sql = statements(lambda: send(user))
+    assert len(sql) <= 5, sql
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_follow_up_turn_costs_the_same_statements_at_any_history_length(settings):
+    settings.CHAT_MAX_MESSAGES_PER_MINUTE = 100
+    user = get_user_model().objects.create_user(username="talker")
+    turn = send(user, "turn 1")
+    counts = {}
+    for number in range(2, 31):
+        finish(turn.assistant_message)
+        turn, sql = statements(functools.partial(send, user, f"turn {number}", conversation=turn.conversation))
+        counts[number] = len(sql)
+    assert len(set(counts.values())) == 1, counts
+    assert counts[30] <= 7, counts
+    prompt = turn.prompt or []
+    asked = [message["content"] for message in prompt if message["role"] == "user"]
+    assert asked == [f"turn {number}" for number in range(1, 31)]

@@ -84,3 +84,23 @@ async def test_cancelling_the_loop_cancels_its_sources():
     with pytest.raises(asyncio.CancelledError):
         await loop
     assert cancelled.is_set()
+
+
+async def test_messages_put_into_the_inbox_directly_are_handled_in_order_with_the_sources():
+    client: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    handled: list[str] = []
+
+    async def handle(message: dict[str, Any]) -> None:
+        handled.append(message["n"])
+        if message["n"] == "stop":
+            raise StopConsumer
+
+    loop = asyncio.create_task(dispatch_in_order([source_of(client)], handle, inbox))
+    client.put_nowait({"n": "from the client"})
+    await asyncio.sleep(0.01)
+    inbox.put_nowait({"n": "delivered"})
+    inbox.put_nowait({"n": "stop"})
+    with pytest.raises(StopConsumer):
+        await asyncio.wait_for(loop, 1)
+    assert handled == ["from the client", "delivered", "stop"]

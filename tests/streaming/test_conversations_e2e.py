@@ -13,10 +13,11 @@ from tests.support import ChatSocket, unique
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-async def test_list_search_and_live_flags_reach_every_tab(daphne, make_user):
+async def test_list_search_and_live_flags_reach_every_tab_that_shows_the_list(daphne, make_user):
     _, session = await sync_to_async(make_user)()
     chat = await ChatSocket.connect(daphne, session)
     other_tab = await ChatSocket.connect(daphne, session)
+    await other_tab.request({"type": "conversations", "id": "shown"}, "conversations")
     first, answer = await chat.send_message("Tomatoes in pots", client_id=unique(), model="dev:tokens=5")
     await chat.done(answer)
     second, running = await chat.send_message("Saturn's moons", client_id=unique(), model="dev:tps=30,tokens=300")
@@ -31,6 +32,8 @@ async def test_list_search_and_live_flags_reach_every_tab(daphne, make_user):
     await chat.send({"type": "cancel", "message": running})
     ended = await other_tab.recv_until(lambda e: e["type"] == "conversation" and e["conversation"].get("live") is False)
     assert ended["conversation"] == {"id": second, "live": False}
+    # The sending tab never asked for the list, so it got none of its changes.
+    assert not [e for e in chat.events if e["type"] == "conversation"]
     for socket in (chat, other_tab):
         await socket.close()
 
@@ -39,6 +42,7 @@ async def test_rename_and_delete_reach_every_tab_and_delete_stops_the_answer(dap
     _, session = await sync_to_async(make_user)()
     chat = await ChatSocket.connect(daphne, session)
     watcher = await ChatSocket.connect(daphne, session)
+    await watcher.request({"type": "conversations", "id": "shown"}, "conversations")
     key = unique()
     conversation, _ = await chat.send_message("to delete", client_id=unique(), model=f"dev:tps=30,tokens=500,key={key}")
     await watcher.request({"type": "open", "conversation": conversation}, "history")

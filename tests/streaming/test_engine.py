@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.db.backends.signals import connection_created
 from django.utils import timezone
@@ -14,7 +13,8 @@ from django.utils import timezone
 from conversations import services
 from conversations.models import Message
 from conversations.options import GenerationOptions
-from streaming.events import conversation_group
+from streaming.aio import close_database_connections
+from streaming.events import conversation_group, get_bus
 from tests.support import unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,8 +34,8 @@ def new_turn(model: str) -> services.Turn:
 class WriteCounter:
     """Counts the statements that write message rows, on every connection opened while it listens.
 
-    The engine's ORM calls run on worker threads, each with its own connection, opened per call: the
-    counter wraps each connection as it is created (and unwraps them all at the end).
+    The engine's ORM calls run on the database threads, each with a connection of its own that it keeps: the
+    counter closes those first, then wraps each connection as it is created (and unwraps them all at the end).
     """
 
     def __init__(self) -> None:
@@ -43,6 +43,7 @@ class WriteCounter:
         self.wrapped: list[Any] = []
 
     def __enter__(self) -> "WriteCounter":
+        close_database_connections()
         connection_created.connect(self.wrap)
         return self
 
@@ -63,11 +64,30 @@ class WriteCounter:
         return execute(sql, params, many, context)
 
 
-async def collect(channel: str, until_done: str) -> list[dict[str, Any]]:
-    layer = get_channel_layer()
+class Collector:
+    """A bus subscriber of a conversation's group, as a watcher is, keeping what it gets."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        self.queue.put_nowait(event)
+
+    async def next(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.queue.get(), 15)
+
+
+async def subscribe(conversation_id: object) -> Collector:
+    collector = Collector()
+    bus = get_bus()
+    await bus.join(conversation_group(conversation_id), bus.register(collector))
+    return collector
+
+
+async def collect(collector: Collector, until_done: str) -> list[dict[str, Any]]:
     events = []
     while True:
-        event = await asyncio.wait_for(layer.receive(channel), 15)
+        event = await collector.next()
         events.append(event)
         if event["type"] == "gen.done" and event["message"] == until_done:
             return events
@@ -75,14 +95,12 @@ async def collect(channel: str, until_done: str) -> list[dict[str, Any]]:
 
 async def test_a_1000_token_answer_writes_about_once_a_second(engine):
     turn = await sync_to_async(new_turn)("dev:tokens=1000,tps=400,ttft=0")
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(conversation_group(turn.conversation.pk), channel)
+    collector = await subscribe(turn.conversation.pk)
     answer = str(turn.assistant_message.pk)
     started = asyncio.get_running_loop().time()
     with WriteCounter() as counter:
         await engine.start(answer)
-        events = await collect(channel, answer)
+        events = await collect(collector, answer)
     elapsed = asyncio.get_running_loop().time() - started
     saved = await sync_to_async(Message.objects.get)(pk=answer)
     assert saved.status == "complete" and saved.completion_tokens == 1000
@@ -99,16 +117,14 @@ async def test_a_1000_token_answer_writes_about_once_a_second(engine):
 async def test_first_delta_is_published_at_once_not_after_a_window(engine, settings):
     settings.CHAT_COALESCE_MS = 2000
     turn = await sync_to_async(new_turn)("dev:tokens=40,tps=1000,ttft=0")
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(conversation_group(turn.conversation.pk), channel)
+    collector = await subscribe(turn.conversation.pk)
     answer = str(turn.assistant_message.pk)
     started = asyncio.get_running_loop().time()
     await engine.start(answer)
-    first = await asyncio.wait_for(layer.receive(channel), 5)
+    first = await collector.next()
     assert first["type"] == "gen.delta" and first["offset"] == 0
     assert asyncio.get_running_loop().time() - started < 1.0, "the first delta must not wait for the window"
-    events = await collect(channel, answer)
+    events = await collect(collector, answer)
     later = [e for e in events if e["type"] == "gen.delta"]
     # With a 2 s window, everything after the first delta arrives in one coalesced batch.
     assert len(later) == 1
@@ -132,11 +148,9 @@ async def test_engine_sweep_tells_watchers(engine):
     await sync_to_async(Message.objects.filter(pk=answer.pk).update)(
         content="half", lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(conversation_group(turn.conversation.pk), channel)
+    collector = await subscribe(turn.conversation.pk)
     assert await engine.sweep() == 1
-    done = await asyncio.wait_for(layer.receive(channel), 5)
+    done = await collector.next()
     assert (done["type"], done["status"], done["length"]) == ("gen.done", "interrupted", 4)
 
 
@@ -144,13 +158,11 @@ async def test_an_answer_swept_meanwhile_keeps_the_sweepers_version_and_watchers
     # A database outage longer than the lease: another process swept the answer before this one could save it.
     turn = await sync_to_async(new_turn)("dev:tokens=60,tps=40,ttft=0")
     answer = str(turn.assistant_message.pk)
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(conversation_group(turn.conversation.pk), channel)
+    collector = await subscribe(turn.conversation.pk)
     await engine.start(answer)
-    await asyncio.wait_for(layer.receive(channel), 5)  # the first delta
+    await collector.next()  # the first delta
     await sync_to_async(Message.objects.filter(pk=answer).update)(status="interrupted", content="swept text")
-    events = await collect(channel, answer)
+    events = await collect(collector, answer)
     done = events[-1]
     assert (done["status"], done["length"], done["blocks"]) == ("interrupted", len("swept text"), [])
     saved = await sync_to_async(Message.objects.get)(pk=answer)
