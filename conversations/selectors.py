@@ -1,5 +1,6 @@
 """Reads: every query the app makes about conversations and messages, scoped to their owner."""
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -9,7 +10,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Exists, OuterRef, Prefetch, Q, Subquery, Sum
+from django.db import connection
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -70,34 +72,66 @@ class Activity:
 
 
 def user_activity(*, user: User, conversation_id: Any, since: datetime, lock: bool = False) -> Activity:
-    """The user's activity and limits, in one query: answers streaming (in the given conversation too), answers
-    started since `since` (each counted through its own index), and the quota staff set, if any.
+    """The user's activity and limits, in one statement: answers streaming (in the given conversation too),
+    answers started since `since` (each counted through its own index), and the quota staff set, if any.
 
     With `lock`, the user's row is locked until the caller's transaction ends (precondition: inside one), which
     serialises one user's turn-creating requests across processes and so makes the limits exact.
+
+    It runs before every answer, so it is written in SQL: built with the ORM (five subqueries), composing the
+    statement cost 15 times the CPU of running it (2.4 ms against 0.15 ms, docs/benchmarks.md).
     """
-    mine = Message.objects.filter(owner_id=OuterRef("pk")).order_by().values("owner_id")
-    streaming = mine.filter(status=Message.Status.STREAMING)
-    started = mine.filter(role=Message.Role.ASSISTANT, created_at__gte=since)
-    quota = UserQuota.objects.filter(user_id=OuterRef("pk"))
-    users = get_user_model().objects.filter(pk=_pk(user))
-    if lock:
-        users = users.select_for_update()
-    row = users.values(
-        streaming=Coalesce(Subquery(streaming.annotate(n=Count("pk")).values("n")), 0),
-        busy=Exists(streaming.filter(conversation_id=conversation_id)),
-        started=Coalesce(Subquery(started.annotate(n=Count("pk")).values("n")), 0),
-        daily_tokens=Subquery(quota.values("daily_tokens")),
-        max_concurrent=Subquery(quota.values("max_concurrent_streams")),
-    ).get()
-    concurrent = row["max_concurrent"]
+    user_id = get_user_model()._meta.pk.get_db_prep_value(user.pk, connection)
+    conversation = Message._meta.get_field("conversation").get_db_prep_value(conversation_id, connection)
+    params = [user_id, user_id, conversation, user_id, connection.ops.adapt_datetimefield_value(since), user_id]
+    cursor: Any
+    with connection.cursor() as cursor:
+        cursor.execute(_activity_sql(connection.vendor, lock), params)
+        streaming, busy, started, daily_tokens, concurrent = cursor.fetchone()
     return Activity(
-        streaming=row["streaming"],
-        busy=bool(row["busy"]),
-        started=row["started"],
-        daily_tokens=row["daily_tokens"],
+        streaming=streaming,
+        busy=bool(busy),
+        started=started,
+        daily_tokens=daily_tokens,
         max_concurrent_streams=concurrent if concurrent is not None else settings.CHAT_MAX_CONCURRENT_PER_USER,
     )
+
+
+@functools.cache
+def _activity_sql(vendor: str, lock: bool) -> str:
+    """The statement of `user_activity` for a database vendor. The statuses are literals, so that PostgreSQL
+    uses the partial index on streaming answers; every value from outside is a parameter."""
+    quote = connection.ops.quote_name
+    users, message, quota = get_user_model()._meta, Message._meta, UserQuota._meta
+
+    def column(meta: Any, name: str) -> str:
+        return f"{quote(meta.db_table)}.{quote(meta.get_field(name).column)}"
+
+    messages, user_id = quote(message.db_table), f"{quote(users.db_table)}.{quote(users.pk.column)}"
+    owner, status = column(message, "owner"), column(message, "status")
+    users_table, quotas = quote(users.db_table), quote(quota.db_table)
+    conversation, role, created = (column(message, name) for name in ("conversation", "role", "created_at"))
+    # Identifiers from the models, literals from their choices; values are parameters.
+    streaming, assistant = f"'{Message.Status.STREAMING}'", f"'{Message.Role.ASSISTANT}'"
+    sql = " ".join(
+        [
+            f"SELECT (SELECT COUNT(*) FROM {messages} WHERE {owner} = %s AND {status} = {streaming}),",  # noqa: S608
+            f"EXISTS(SELECT 1 FROM {messages} WHERE {owner} = %s AND {status} = {streaming}",  # noqa: S608
+            f"AND {conversation} = %s),",
+            f"(SELECT COUNT(*) FROM {messages} WHERE {owner} = %s AND {role} = {assistant}",  # noqa: S608
+            f"AND {created} >= %s),",
+            f"{column(quota, 'daily_tokens')}, {column(quota, 'max_concurrent_streams')}",
+            f"FROM {users_table} LEFT JOIN {quotas} ON {column(quota, 'user')} = {user_id}",
+            f"WHERE {user_id} = %s",
+        ]
+    )
+    if lock and connection.features.has_select_for_update_of:
+        # Only the user's row: the quota is on the nullable side of the join. (SQLite has no row locks: its
+        # IMMEDIATE transactions take the write lock up front.)
+        sql += f" FOR UPDATE OF {users_table}"
+    elif lock and connection.features.has_select_for_update:
+        sql += " FOR UPDATE"
+    return sql
 
 
 def conversation_prompt(

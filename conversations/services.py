@@ -181,6 +181,32 @@ def _idempotent(user: User, client_id: str, create: Callable[[], Turn]) -> Turn:
         return _existing_turn(existing)
 
 
+@dataclass(frozen=True)
+class AnswerRequest:
+    """What an answer asks the model: the model, its settings and the chat messages."""
+
+    model: str
+    temperature: float | None
+    max_tokens: int | None
+    messages: list[dict[str, Any]]
+
+
+def _new_conversation(*, user: User, content: str, options: GenerationOptions) -> Conversation:
+    conversation = Conversation(owner_id=_owner_pk(user), title=title_from_content(content))
+    conversation.model = settings.LLM_MODELS[0]
+    _apply_options(conversation, options)
+    return conversation
+
+
+def first_answer_request(*, user: User, content: str, options: GenerationOptions) -> AnswerRequest:
+    """What the answer to a message that starts a new conversation will ask the model, known before anything
+    is written (message_send asks exactly this), so that the model can be asked while the rows are written."""
+    conversation = _new_conversation(user=user, content=content, options=options)
+    system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
+    messages = [*system, {"role": "user", "content": content}]
+    return AnswerRequest(conversation.model, conversation.temperature, options.max_tokens, messages)
+
+
 def message_send(
     *,
     user: User,
@@ -198,24 +224,21 @@ def message_send(
     def create() -> Turn:
         _check_can_generate(user=user, conversation_id=_conversation_pk(conversation_id))
         if conversation_id is None:
-            conversation, seq = Conversation(owner_id=_owner_pk(user), title=title_from_content(content)), 0
-            conversation.model = settings.LLM_MODELS[0]
-            _apply_options(conversation, options)
+            conversation, seq = _new_conversation(user=user, content=content, options=options), 0
             conversation.save(force_insert=True)
             # Nothing came before: the prompt is known without asking the database.
-            prompt = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
+            prompt = first_answer_request(user=user, content=content, options=options).messages
         else:
             conversation, seq = _lock_conversation(user=user, conversation_id=conversation_id)
             if not conversation.title:
                 conversation.title = title_from_content(content)
             _apply_options(conversation, options)
             # Read while the conversation is locked: exactly the turns the new answer follows.
-            prompt = selectors.conversation_prompt(conversation=conversation)
+            prompt = [*selectors.conversation_prompt(conversation=conversation), {"role": "user", "content": content}]
             conversation.save(update_fields=["title", "model", "temperature", "system_prompt", "updated_at"])
         user_message = _new_user_message(conversation=conversation, seq=seq + 1, content=content, client_id=client_id)
         answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
         Message.objects.bulk_create([user_message, answer])
-        prompt.append({"role": "user", "content": content})
         return Turn(
             conversation=conversation, user_message=user_message, assistant_message=answer, created=True, prompt=prompt
         )
