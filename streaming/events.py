@@ -324,7 +324,6 @@ class Bus:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-
     # --- subscribers ----------------------------------------------------------------------------------------
 
     def register(self, subscriber: Subscriber) -> int:

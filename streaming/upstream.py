@@ -27,6 +27,7 @@ with it the connection, so the model server stops generating.
 """
 
 import asyncio
+import contextlib
 import email.utils
 import itertools
 import json
@@ -35,7 +36,6 @@ import re
 import time
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,7 @@ import aiohttp
 import httpx
 from django.conf import settings
 from httpx_aiohttp import AiohttpTransport
-from httpx_sse import ServerSentEvent, aconnect_sse
+from httpx_sse import EventSource, ServerSentEvent
 
 log = logging.getLogger(__name__)
 
@@ -137,33 +137,35 @@ async def base_url() -> str:
     return await embedded_base_url()
 
 
-# --- the shared client -------------------------------------------------------------------------------------
+# --- the shared transport ---------------------------------------------------------------------------------
 
-_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+_transports: dict[asyncio.AbstractEventLoop, AiohttpTransport] = {}
 
 
-def _client() -> httpx.AsyncClient:
+def _transport() -> AiohttpTransport:
     """The connection pool of the running event loop: one per process under daphne.
 
+    httpx's transport API on aiohttp's connection handling: reading an event costs far less CPU than on
+    httpx's own transport (docs/benchmarks.md). Requests go to the transport directly, without an
+    httpx.AsyncClient around it: a client's per-request work (merging defaults, the auth and redirect flows,
+    a cookie jar that parses every response) is all unneeded here, and cost a visible share of each answer's
+    CPU. No pool-wide cap: concurrency is bounded per user by the engine, and a cap would queue whole answers
+    behind each other. The environment (proxy variables) is read once, here: with `trust_env` aiohttp read
+    it, and ~/.netrc, on a thread of the loop's executor for every request, which put each answer's first
+    byte behind whatever else that executor was doing.
+
     Connections belong to the loop that opened them, so a process running several loops (the tests) needs
-    a client for each.
+    a pool for each.
     """
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
+    transport = _transports.get(loop)
+    if transport is None:
         _forget_closed_loops()
-        # httpx's API (and httpx-sse) on aiohttp's transport: reading an event costs far less CPU than on
-        # httpx's own transport (see docs/benchmarks.md). No pool-wide cap: concurrency is bounded per user
-        # by the engine, and a cap would queue whole answers behind each other. Timeouts are set per request
-        # (see _timeout). The environment (proxy variables) is read once, here: with `trust_env` aiohttp read
-        # it, and ~/.netrc, on a thread of the loop's executor for every request, which put each answer's
-        # first byte behind whatever else that executor was doing.
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS), trust_env=False
         )
-        transport = AiohttpTransport(client=session, proxy=_proxy_from_environment())
-        client = _clients[loop] = httpx.AsyncClient(transport=transport, trust_env=False)
-    return client
+        transport = _transports[loop] = AiohttpTransport(client=session, proxy=_proxy_from_environment())
+    return transport
 
 
 def _proxy_from_environment() -> httpx.Proxy | None:
@@ -178,16 +180,16 @@ def _proxy_from_environment() -> httpx.Proxy | None:
 
 
 def _forget_closed_loops() -> None:
-    for loop in [loop for loop in _clients if loop.is_closed()]:
-        del _clients[loop]
+    for loop in [loop for loop in _transports if loop.is_closed()]:
+        del _transports[loop]
 
 
 async def aclose_clients() -> None:
-    """Closes the running event loop's client (call it at shutdown) and forgets those of closed loops."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
+    """Closes the running event loop's connection pool (call it at shutdown) and forgets those of closed loops."""
+    transport = _transports.pop(asyncio.get_running_loop(), None)
     _forget_closed_loops()
-    if client is not None:
-        await client.aclose()
+    if transport is not None:
+        await transport.aclose()
 
 
 def _timeout(stall: float) -> httpx.Timeout:
@@ -200,13 +202,35 @@ def _timeout(stall: float) -> httpx.Timeout:
     return httpx.Timeout(connect=connect, read=stall, write=connect, pool=connect)
 
 
+@contextlib.asynccontextmanager
+async def _post(url: str, body: dict[str, Any], stall: float) -> AsyncIterator[httpx.Response]:
+    """POSTs `body` as JSON and yields the streamed response, closed on the way out (closing it before its end
+    closes the connection, which is how the model server learns that it may stop)."""
+    request = httpx.Request(
+        "POST",
+        url,
+        json=body,
+        headers=_headers(),
+        extensions={"timeout": _timeout(stall).as_dict()},
+    )
+    response = await _transport().handle_async_request(request)
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
 # --- streaming -------------------------------------------------------------------------------------------
 
 
 async def stream_chat(
     request: ChatRequest, *, stall_seconds: float | None = None
 ) -> AsyncGenerator[UpstreamEvent, None]:
-    """Streams one chat completion as events; see the module docstring for failures and retries."""
+    """Streams one chat completion as events; see the module docstring for failures and retries.
+
+    The events of the stream are read here, in one loop, with httpx-sse's parser: every layer of generators
+    between the connection and the generation costs CPU for every token.
+    """
     url = f"{await base_url()}/chat/completions"
     stall = settings.LLM_STALL_SECONDS if stall_seconds is None else stall_seconds
     body = _body(request)
@@ -215,18 +239,30 @@ async def stream_chat(
         assembler = _Assembler()
         try:
             try:
-                async with aconnect_sse(
-                    _client(), "POST", url, json=body, headers=_headers(), timeout=_timeout(stall)
-                ) as source:
-                    await _check_response(source.response, request.model)
-                    async with aclosing(source.aiter_sse()) as events, _StallGuard(stall) as guard:
-                        while (sse := await guard.next_event(events)) is not None:
+                async with _post(url, body, stall) as response:
+                    await _check_response(response, request.model)
+                    events = EventSource(response).aiter_sse()
+                    guard = _StallGuard(stall)
+                    try:
+                        while True:
+                            guard.reading()
+                            try:
+                                sse = await anext(events)
+                            except StopAsyncIteration:
+                                break
+                            except asyncio.CancelledError:
+                                guard.raise_if_stalled()
+                                raise
+                            guard.idle()
                             if sse.data == "[DONE]":
                                 await _drain(events)
                                 break
                             for event in assembler.feed(sse.data):
                                 started = True
                                 yield event
+                    finally:
+                        guard.close()
+                        await events.aclose()
             except httpx.RequestError as exc:
                 raise _transport_error(exc, started=started, stall=stall) from exc
         except UpstreamError as exc:
@@ -270,32 +306,39 @@ class _StallGuard:
     how long no event came. It only ever interrupts a read, never the consumer's work between reads (the
     `yield` of stream_chat). Unlike an `asyncio.timeout` around each read, which schedules and cancels a
     timer per event (a visible share of the CPU per streamed token), it keeps one timer per stream that
-    wakes about once per `stall` seconds and looks at when the current read began.
+    wakes about once per `stall` seconds and looks at when the current read began. The task it interrupts is
+    whichever is reading at the time (an answer's first event may be read by another task than the rest).
     """
 
     def __init__(self, stall: float) -> None:
         self.stall = stall
         self.reading_since: float | None = None  # loop time the current read began; None between reads
         self.fired = False
-        self._timer: asyncio.TimerHandle | None = None
-
-    async def __aenter__(self) -> "_StallGuard":
         self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - always inside the engine's reader task
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._timer = self._loop.call_at(self._loop.time() + self.stall, self._check)
-        return self
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(self._loop.time() + stall, self._check)
 
-    async def __aexit__(self, *exc: object) -> None:
+    def reading(self) -> None:
+        """A read begins, in the current task."""
+        task = asyncio.current_task()
+        if task is not self._task:
+            self._task = task
+            self._cancelling = task.cancelling() if task is not None else 0
+        self.reading_since = self._loop.time()
+
+    def idle(self) -> None:
+        self.reading_since = None
+
+    def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
 
     def _check(self) -> None:
-        # Runs from the loop, so the task is suspended: if a read is under way, the task is waiting in it.
+        # Runs from the loop, so the reading task is suspended: if a read is under way, it is waiting in it.
         now = self._loop.time()
-        if self.reading_since is not None and now - self.reading_since >= self.stall:
+        if self.reading_since is not None and now - self.reading_since >= self.stall and self._task is not None:
             self.fired = True
             self._timer = None
             self._task.cancel()
@@ -303,20 +346,12 @@ class _StallGuard:
         since = self.reading_since if self.reading_since is not None else now
         self._timer = self._loop.call_at(since + self.stall, self._check)
 
-    async def next_event(self, events: AsyncIterator[ServerSentEvent]) -> ServerSentEvent | None:
-        """The next event, or None at the end of the body."""
-        self.reading_since = self._loop.time()
-        try:
-            return await anext(events)
-        except StopAsyncIteration:
-            return None
-        except asyncio.CancelledError:
-            # Ours, and nobody else's (a stop, a shutdown) on top of it: the stream stalled. As asyncio.timeout.
-            if self.fired and self._task.uncancel() <= self._cancelling:
-                raise _stalled(self.stall) from None
-            raise
-        finally:
-            self.reading_since = None
+    def raise_if_stalled(self) -> None:
+        """In the reading task's CancelledError: the stall's, and nobody else's (a stop, a shutdown) on top of
+        it, becomes `upstream_stalled` (as asyncio.timeout turns its own cancellation into TimeoutError)."""
+        self.reading_since = None
+        if self.fired and self._task is not None and self._task.uncancel() <= self._cancelling:
+            raise _stalled(self.stall) from None
 
 
 async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
