@@ -5,10 +5,15 @@ once they have committed, announce the changes to the watchers of the conversati
 sockets (streaming.events), and start or stop generations.
 """
 
+import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from django.conf import settings
+
 from conversations import services
-from conversations.errors import InvalidState, Unavailable
+from conversations.errors import ChatError, InvalidState, Unavailable
 from conversations.models import Conversation, Message
 from conversations.options import GenerationOptions
 from conversations.payloads import conversation_payload, message_payload
@@ -16,8 +21,9 @@ from conversations.services import Turn, User
 from streaming import events
 from streaming.aio import orm
 from streaming.events import get_bus
-from streaming.generation import Prepared
+from streaming.generation import EarlyStart, Prepared
 from streaming.lifecycle import get_engine
+from streaming.upstream import ChatRequest
 
 # Called once the rows have committed and before the generation starts, so the caller can subscribe to the
 # conversation and miss nothing; it also runs for a retried request that found its earlier rows.
@@ -29,32 +35,43 @@ def _refuse_while_draining() -> None:
         raise Unavailable
 
 
-async def _begin(turn: Turn, before_start: BeforeStart) -> Turn:
+async def _begin(turn: Turn, before_start: BeforeStart, early: EarlyStart | None = None) -> Turn:
     """After the rows of a turn committed: subscribe the caller, start the answer, then announce the rows.
 
-    The generation starts before anything is announced, so that an announcement that cannot reach other
-    processes (the channel layer away) never keeps an answer from being written: announcements are
-    best-effort (the bus logs what it could not deliver), and watchers that missed them find the rows when
-    they open the conversation or resume.
+    Rows that committed always get their answer started, whatever happens to the caller meanwhile (it fails,
+    it goes away) and whatever the channel layer does: the start is shielded, and comes before anything is
+    announced. Announcements are best-effort (the bus logs what it could not deliver); watchers that missed
+    them find the rows when they open the conversation or resume.
     """
-    if before_start is not None:
-        await before_start(turn)
-    if turn.created:
-        answer = turn.assistant_message
-        prepared = Prepared.new(answer, turn.prompt) if turn.prompt is not None else None
-        await get_engine().start(str(answer.pk), prepared)
-        bus = get_bus()
-        group = events.conversation_group(turn.conversation.pk)
-        if turn.superseded:
-            bus.publish(group, events.superseded(str(turn.conversation.pk), list(turn.superseded)))
-        for message in (turn.user_message, answer):
-            if message is not None:
-                bus.publish(group, events.message(message_payload(message)))
-        bus.publish(
-            events.user_group(turn.conversation.owner_id),
-            events.conversation(conversation_payload(turn.conversation, live=True)),
-        )
+    if not turn.created:
+        if early is not None:
+            await early.close()
+        if before_start is not None:
+            await before_start(turn)
+        return turn
+    try:
+        if before_start is not None:
+            await before_start(turn)
+    finally:
+        await asyncio.shield(_start(turn, early))
     return turn
+
+
+async def _start(turn: Turn, early: EarlyStart | None) -> None:
+    answer = turn.assistant_message
+    prepared = Prepared.new(answer, turn.prompt) if turn.prompt is not None else None
+    await get_engine().start(str(answer.pk), prepared, early)
+    bus = get_bus()
+    group = events.conversation_group(turn.conversation.pk)
+    if turn.superseded:
+        bus.publish(group, events.superseded(str(turn.conversation.pk), list(turn.superseded)))
+    for message in (turn.user_message, answer):
+        if message is not None:
+            bus.publish(group, events.message(message_payload(message)))
+    bus.publish(
+        events.user_group(turn.conversation.owner_id),
+        events.conversation(conversation_payload(turn.conversation, live=True)),
+    )
 
 
 async def chat_send(
@@ -66,11 +83,52 @@ async def chat_send(
     options: GenerationOptions,
     before_start: BeforeStart = None,
 ) -> Turn:
+    """Adds a user message and starts its answer. The first message of a new conversation also asks the model
+    at once, while its rows are written (see `_may_start_early`)."""
     _refuse_while_draining()
-    turn = await orm(services.message_send)(
-        user=user, client_id=client_id, conversation_id=conversation_id, content=content, options=options
-    )
-    return await _begin(turn, before_start)
+    early = None
+    if conversation_id is None and _may_start_early(user, client_id):
+        asked = services.first_answer_request(user=user, content=content, options=options)
+        early = EarlyStart(ChatRequest(asked.model, asked.messages, asked.temperature, asked.max_tokens))
+    try:
+        turn = await orm(services.message_send)(
+            user=user, client_id=client_id, conversation_id=conversation_id, content=content, options=options
+        )
+    except BaseException as error:
+        if early is not None:
+            await early.close()
+        if isinstance(error, ChatError):
+            _refused[str(user.pk)] = time.monotonic()
+        raise
+    return await _begin(turn, before_start, early)
+
+
+# Who was refused an answer lately (a limit, a quota): their next sends wait for the database's yes before
+# the model is asked, so that sends beyond a limit never reach the model server.
+REFUSED_MEMORY_SECONDS = 60.0
+SENT_MEMORY = 10_000
+_refused: dict[str, float] = {}
+_sent: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+
+def _may_start_early(user: User, client_id: str) -> bool:
+    """Whether a send may ask the model before its rows are written. Not when this process has seen the
+    send's id before (a retry: its answer exists), nor when the user was refused lately or already has the
+    default number of answers being written here; a retry that reaches another process is stopped by the
+    unique key a few milliseconds later, before the model has answered anything."""
+    user_id, now = str(user.pk), time.monotonic()
+    key = (user_id, client_id)
+    if key in _sent:
+        return False
+    _sent[key] = None
+    if len(_sent) > SENT_MEMORY:
+        _sent.popitem(last=False)
+    refused_at = _refused.get(user_id)
+    if refused_at is not None and now - refused_at < REFUSED_MEMORY_SECONDS:
+        return False
+    _refused.pop(user_id, None)
+    engine = get_engine()
+    return not engine.draining and engine.answers_of(user_id) < settings.CHAT_MAX_CONCURRENT_PER_USER
 
 
 async def chat_regenerate(

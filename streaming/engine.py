@@ -20,7 +20,7 @@ from conversations.models import Message
 from streaming import events, metrics, upstream
 from streaming.aio import cancel_firmly, orm
 from streaming.events import Bus, get_bus
-from streaming.generation import Generation, Prepared, announce_swept, prepared_load
+from streaming.generation import EarlyStart, Generation, Prepared, announce_swept, prepared_load
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +82,30 @@ class Engine:
 
     # --- starting and stopping ---------------------------------------------------------------------------
 
-    async def start(self, message_id: str, prepared: Prepared | None = None) -> None:
+    async def start(self, message_id: str, prepared: Prepared | None = None, early: EarlyStart | None = None) -> None:
         """Runs the generation for a `streaming` assistant message in this process (read from the database
-        unless its writer hands it over as `prepared`)."""
-        await self.ensure_started()
-        if message_id in self.generations:
-            return
-        loaded = prepared or await orm(prepared_load)(message_id)
-        if loaded is None or loaded.status != Message.Status.STREAMING or message_id in self.generations:
-            return
-        gen = Generation.of(message_id, loaded, self.bus)
-        self.generations[message_id] = gen
-        metrics.GENERATIONS_ACTIVE.inc()
-        task = asyncio.create_task(self._run(gen))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        # Never fails: cancels from other processes also arrive through the row's flag, read at each checkpoint.
-        await self.bus.join(events.control_group(message_id), self.key)
+        unless its writer hands it over as `prepared`), on the upstream request `early` when one was started
+        for it before its rows were written and it asks exactly what the answer asks (else `early` is closed)."""
+        gen: Generation | None = None
+        try:
+            await self.ensure_started()
+            if message_id in self.generations:
+                return
+            loaded = prepared or await orm(prepared_load)(message_id)
+            if loaded is None or loaded.status != Message.Status.STREAMING or message_id in self.generations:
+                return
+            usable = early if early is not None and early.request == loaded.request else None
+            gen = Generation.of(message_id, loaded, self.bus, usable)
+            self.generations[message_id] = gen
+            metrics.GENERATIONS_ACTIVE.inc()
+            task = asyncio.create_task(self._run(gen))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            # Never fails: cancels from other processes also arrive through the row's flag, read at each checkpoint.
+            await self.bus.join(events.control_group(message_id), self.key)
+        finally:
+            if early is not None and (gen is None or gen.early is not early):
+                await early.close()
 
     async def _run(self, gen: Generation) -> None:
         try:
@@ -108,6 +115,10 @@ class Engine:
             metrics.GENERATIONS_ACTIVE.dec()
             metrics.GENERATIONS.labels(gen.status).inc()
             self.bus.leave(events.control_group(gen.message_id), self.key)
+
+    def answers_of(self, owner_id: str) -> int:
+        """How many answers of a user this process is writing."""
+        return sum(1 for gen in self.generations.values() if gen.owner_id == owner_id)
 
     async def cancel(self, message_id: str) -> None:
         """Stops the generation wherever it runs. The caller has already flagged the row (the durable half)."""

@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -56,6 +55,34 @@ class Prepared:
             model=answer.model, messages=prompt, temperature=answer.temperature, max_tokens=answer.max_tokens
         )
         return cls(str(answer.conversation_id), str(answer.owner_id), request, Status.STREAMING, False)
+
+
+class EarlyStart:
+    """An answer's upstream request, started before its rows are written (see streaming.actions.chat_send).
+
+    Asking the model while the opening transaction runs takes the database off the path to the first token:
+    the model's time to its first token covers the transaction's. The first event is read by a task of its
+    own meanwhile; the generation, once it exists, takes over the same stream. If the rows are not written
+    (a limit refused them, say), `close` ends the request before the model has answered anything.
+    """
+
+    def __init__(self, request: ChatRequest) -> None:
+        self.request = request
+        self.stream = upstream.stream_chat(request)
+        self.first: asyncio.Task[upstream.UpstreamEvent | None] = asyncio.create_task(self._first())
+
+    async def _first(self) -> upstream.UpstreamEvent | None:
+        try:
+            return await anext(self.stream)
+        except StopAsyncIteration:
+            return None
+
+    async def close(self) -> None:
+        """Ends the request (and its connection), whatever it had read."""
+        if not self.first.done():
+            self.first.cancel()
+            await asyncio.gather(self.first, return_exceptions=True)
+        await self.stream.aclose()
 
 
 def prepared_load(message_id: str) -> Prepared | None:
@@ -106,10 +133,11 @@ class Generation:
     saved_at: float = field(default_factory=time.monotonic)  # when the last checkpoint (or the insert) was
     # Reading is over and the final write is on the way: no more checkpoints.
     closing: bool = False
+    early: EarlyStart | None = None  # the upstream request, when it was started before the rows were written
     status: str = Status.STREAMING  # the final status, once written
 
     @classmethod
-    def of(cls, message_id: str, prepared: Prepared, bus: Bus) -> "Generation":
+    def of(cls, message_id: str, prepared: Prepared, bus: Bus, early: EarlyStart | None = None) -> "Generation":
         return cls(
             message_id=message_id,
             conversation_id=prepared.conversation_id,
@@ -117,7 +145,13 @@ class Generation:
             request=prepared.request,
             bus=bus,
             cancel_requested=prepared.cancel_requested,
+            early=early,
         )
+
+    @property
+    def stopped_by_user(self) -> bool:
+        """Whether a user stopped the answer (set by `stop` from another task while this one reads)."""
+        return self.cancel_requested
 
     @property
     def length(self) -> int:
@@ -178,19 +212,25 @@ class Generation:
 
     async def _read(self) -> Outcome:
         """Reads the upstream until the answer ends; cancelling this task is how a stop stops it."""
+        if self.cancel_requested:
+            if self.early is not None:
+                await self.early.close()
+            return Status.CANCELLED, None
+        early = self.early or EarlyStart(self.request)
         try:
-            if self.cancel_requested:
-                return Status.CANCELLED, None
             async with asyncio.timeout(settings.CHAT_MAX_DURATION_SECONDS):
-                async with aclosing(upstream.stream_chat(self.request)) as stream:
-                    async for event in stream:
+                # Cancelling this task while it waits for the first event cancels that read too.
+                first = await early.first
+                if first is not None:
+                    self._apply(first)
+                    async for event in early.stream:
                         self._apply(event)
         except asyncio.CancelledError:
             # Cancelled on purpose (stop) or by a shutting-down process; either way the text so far is kept.
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
-            if self.cancel_requested:
+            if self.stopped_by_user:
                 return Status.CANCELLED, None
             return Status.INTERRUPTED, (services.INTERRUPTED_CODE, services.INTERRUPTED_MESSAGE)
         except TimeoutError:
@@ -204,6 +244,8 @@ class Generation:
         except Exception:
             log.exception("generation failed", extra={"message_id": self.message_id})
             return Status.ERROR, ("internal_error", "The server failed while writing this answer.")
+        finally:
+            await early.close()
         return Status.COMPLETE, None
 
     def _apply(self, event: upstream.UpstreamEvent) -> None:
