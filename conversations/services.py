@@ -3,6 +3,7 @@
 Each service validates, then writes; the caller notifies watchers once the write has committed.
 """
 
+import functools
 import hashlib
 import secrets
 import uuid
@@ -11,12 +12,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.db.models import Case, OuterRef, Subquery, TextField, Value, When
+from django.db import IntegrityError, connection, transaction
+from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -225,7 +227,7 @@ def message_send(
         _check_can_generate(user=user, conversation_id=_conversation_pk(conversation_id))
         if conversation_id is None:
             conversation, seq = _new_conversation(user=user, content=content, options=options), 0
-            conversation.save(force_insert=True)
+            _insert([conversation])
             # Nothing came before: the prompt is known without asking the database.
             prompt = first_answer_request(user=user, content=content, options=options).messages
         else:
@@ -238,7 +240,7 @@ def message_send(
             conversation.save(update_fields=["title", "model", "temperature", "system_prompt", "updated_at"])
         user_message = _new_user_message(conversation=conversation, seq=seq + 1, content=content, client_id=client_id)
         answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
-        Message.objects.bulk_create([user_message, answer])
+        _insert([user_message, answer])
         return Turn(
             conversation=conversation, user_message=user_message, assistant_message=answer, created=True, prompt=prompt
         )
@@ -324,25 +326,30 @@ def message_request_cancel(*, user: User, message_id: str) -> Message:
 # --- Engine-side writes (the caller owns the generation; these are not user-scoped) --------------------------
 
 
-CHECKPOINT_BATCH = 200  # answers per UPDATE statement (SQLite limits the parameters of one statement)
-
-
 def messages_checkpoint(*, contents: dict[str, str]) -> dict[str, bool]:
-    """Saves partial answers (message id -> text so far) and renews their leases, in one statement per batch.
+    """Saves partial answers (message id -> text so far) and renews their leases, in one transaction.
 
     Returns the answers that must stop, each with whether it was cancelled: their rows were deleted, swept or
     flagged for cancellation, so they took no write.
+
+    One parametrised UPDATE, executed for every answer at once (`executemany`: a single round trip on
+    PostgreSQL, which pipelines it): the same statement built with the ORM, a CASE with one branch per
+    answer, cost more CPU to compose every second than the rest of the checkpoint.
     """
     now, deadline = timezone.now(), _lease_deadline()
-    live = Message.objects.filter(status=Message.Status.STREAMING, cancel_requested_at__isnull=True)
-    ids = list(contents)
-    updated = 0
-    for start in range(0, len(ids), CHECKPOINT_BATCH):
-        batch = ids[start : start + CHECKPOINT_BATCH]
-        text = Case(*(When(pk=pk, then=Value(contents[pk])) for pk in batch), output_field=TextField())
-        updated += live.filter(pk__in=batch).update(content=text, lease_expires_at=deadline, updated_at=now)
-    if updated == len(ids):
+    rows = [
+        _db_values({"content": text, "lease_expires_at": deadline, "updated_at": now, "id": uuid.UUID(pk)})
+        for pk, text in contents.items()
+    ]
+    sql = _update_sql(connection.vendor, ("content", "lease_expires_at", "updated_at", "id"), uncancelled=True)
+    cursor: Any
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+        updated = cursor.rowcount
+    if updated == len(rows):
         return {}
+    ids = list(contents)
+    live = Message.objects.filter(status=Message.Status.STREAMING, cancel_requested_at__isnull=True)
     kept = {str(pk) for pk in live.filter(pk__in=ids).values_list("pk", flat=True)}
     stopped = [pk for pk in ids if pk not in kept]
     cancelled = {
@@ -366,21 +373,75 @@ def message_finish(
     error_message: str = "",
 ) -> bool:
     """Saves an answer's end. False when it was no longer `streaming`: swept by another process during a
-    database outage, or deleted; the row is then left as it is, and the caller tells watchers what it says."""
-    updated = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
-        status=status,
-        content=content,
-        content_html=content_html,
-        finish_reason=finish_reason,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        tool_calls=tool_calls or [],
-        error_code=error_code,
-        error_message=error_message,
-        lease_expires_at=None,
-        updated_at=timezone.now(),
-    )
-    return updated == 1
+    database outage, or deleted; the row is then left as it is, and the caller tells watchers what it says.
+
+    Runs once per answer, as a statement built once (the ORM's `update()` composing it every time cost more
+    CPU than running it)."""
+    values = {
+        "status": status,
+        "content": content,
+        "content_html": content_html,
+        "finish_reason": finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "tool_calls": tool_calls or [],
+        "error_code": error_code,
+        "error_message": error_message,
+        "lease_expires_at": None,
+        "updated_at": timezone.now(),
+        "id": uuid.UUID(message_id),
+    }
+    cursor: Any
+    with connection.cursor() as cursor:
+        cursor.execute(_update_sql(connection.vendor, tuple(values)), _db_values(values))
+        return bool(cursor.rowcount == 1)
+
+
+def _db_values(values: dict[str, Any]) -> list[Any]:
+    """Values of Message fields as the database takes them (each field's own conversion)."""
+    fields: Any = Message._meta
+    return [fields.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+
+
+@functools.cache
+def _update_sql(vendor: str, names: tuple[str, ...], *, uncancelled: bool = False) -> str:
+    """UPDATE of a streaming Message's fields `names[:-1]` (and not flagged for cancellation, with
+    `uncancelled`), for the row whose id is the last parameter."""
+    quote, meta = connection.ops.quote_name, Message._meta
+
+    def column(name: str) -> str:
+        field: Any = meta.get_field(name)
+        return quote(field.column)
+
+    assignments = ", ".join(f"{column(name)} = %s" for name in names[:-1])
+    # Identifiers from the model, the status from its choices; values are parameters.
+    where = f"{column('id')} = %s AND {column('status')} = '{Message.Status.STREAMING}'"
+    if uncancelled:
+        where += f" AND {column('cancel_requested_at')} IS NULL"
+    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {where}"  # noqa: S608
+
+
+def _insert(objs: list[Any]) -> None:
+    """Inserts new instances of one model in one statement, as `bulk_create` does (each field's `pre_save`
+    and conversion included), from a statement built once per model and row count: composing it with the
+    ORM for every answer cost more CPU than running it."""
+    meta = objs[0]._meta
+    fields = meta.concrete_fields
+    values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in objs for field in fields]
+    cursor: Any
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(connection.vendor, meta.label, len(objs)), values)
+    for obj in objs:
+        obj._state.adding, obj._state.db = False, connection.alias
+
+
+@functools.cache
+def _insert_sql(vendor: str, label: str, rows: int) -> str:
+    meta = apps.get_model(label)._meta
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in meta.concrete_fields)
+    row = "(" + ", ".join(["%s"] * len(meta.concrete_fields)) + ")"
+    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([row] * rows)}"  # noqa: S608
 
 
 def conversation_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
