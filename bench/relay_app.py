@@ -1,9 +1,9 @@
 """A bare relay, as a peer for the benchmark: raw ASGI, no Django, no Channels, no database.
 
 It speaks just enough of the chat protocol for the load client (`send` in; `ready`, `message`, `delta`,
-`done` out), reads the upstream with the product's client stack (httpx-sse on httpx on aiohttp's transport)
-and coalesces as the product does: the first text at once, then at most one frame per 40 ms window. It shows
-what moving tokens costs with nothing else around it. Run by bench/suite.py; never part of the product.
+`done` out), reads the upstream with httpx and httpx-sse, and coalesces as the product does: the first text
+at once, then at most one frame per 40 ms window. It shows what moving tokens costs with nothing else around
+it. Run by bench/suite.py on uvicorn; never part of the product.
 """
 
 import asyncio
@@ -12,9 +12,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from httpx_sse import aconnect_sse
 
 UPSTREAM = os.environ.get("LLM_BASE_URL", "")
@@ -31,8 +29,8 @@ async def application(scope: dict[str, Any], receive: Receive, send: Send) -> No
     if scope["type"] != "websocket":
         return
     if _client is None:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        _client = httpx.AsyncClient(timeout=60, transport=AiohttpTransport(client=session))
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        _client = httpx.AsyncClient(timeout=60, limits=limits)
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     await send({"type": "websocket.send", "text": json.dumps({"type": "ready"})})

@@ -30,6 +30,7 @@ import asyncio
 import codecs
 import contextlib
 import email.utils
+import functools
 import itertools
 import json
 import logging
@@ -43,11 +44,12 @@ from typing import Any, cast
 import aiohttp
 import httpx
 from django.conf import settings
-from httpx_aiohttp import AiohttpTransport
 
 # httpx-sse's own parser (its line splitting and its event fields, as the specification has them) fed with the
 # body's bytes directly: its EventSource reads through httpx's text decoding, three generators more per event.
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+
+from streaming.transport import AiohttpTransport, Body
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +151,13 @@ _transports: dict[asyncio.AbstractEventLoop, AiohttpTransport] = {}
 def _transport() -> AiohttpTransport:
     """The connection pool of the running event loop: one per process under daphne.
 
-    httpx's transport API on aiohttp's connection handling: reading an event costs far less CPU than on
-    httpx's own transport (docs/benchmarks.md). Requests go to the transport directly, without an
-    httpx.AsyncClient around it: a client's per-request work (merging defaults, the auth and redirect flows,
-    a cookie jar that parses every response) is all unneeded here, and cost a visible share of each answer's
-    CPU. No pool-wide cap: concurrency is bounded per user by the engine, and a cap would queue whole answers
-    behind each other. The environment (proxy variables) is read once, here: with `trust_env` aiohttp read
-    it, and ~/.netrc, on a thread of the loop's executor for every request, which put each answer's first
-    byte behind whatever else that executor was doing.
+    httpx's transport interface on aiohttp's connections (streaming.transport). Requests go to the
+    transport directly, without an httpx.AsyncClient around it: a client's per-request work (merging
+    defaults, the auth and redirect flows, a cookie jar that parses every response) is all unneeded here, and
+    cost a visible share of each answer's CPU. No pool-wide cap: concurrency is bounded per user by the
+    engine, and a cap would queue whole answers behind each other. The environment (proxy variables) is read
+    once, here: with `trust_env` aiohttp read it, and ~/.netrc, on a thread of the loop's executor for every
+    request, which put each answer's first byte behind whatever else that executor was doing.
 
     Connections belong to the loop that opened them, so a process running several loops (the tests) needs
     a pool for each.
@@ -168,19 +169,18 @@ def _transport() -> AiohttpTransport:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS), trust_env=False
         )
-        transport = _transports[loop] = AiohttpTransport(client=session, proxy=_proxy_from_environment())
+        transport = _transports[loop] = AiohttpTransport(session, proxy=_proxy_from_environment())
     return transport
 
 
-def _proxy_from_environment() -> httpx.Proxy | None:
+def _proxy_from_environment() -> str | None:
     """The proxy the environment names for the model server (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
     NO_PROXY, as httpx and curl read them), if any."""
     url = httpx.URL(settings.LLM_BASE_URL or "http://127.0.0.1")
     if urllib.request.proxy_bypass(url.host):
         return None
     proxies = urllib.request.getproxies()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    return httpx.Proxy(proxy) if proxy else None
+    return proxies.get(url.scheme) or proxies.get("all")
 
 
 def _forget_closed_loops() -> None:
@@ -206,13 +206,19 @@ def _timeout(stall: float) -> httpx.Timeout:
     return httpx.Timeout(connect=connect, read=stall, write=connect, pool=connect)
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed(url: str) -> httpx.URL:
+    """The URL parsed once (httpx parses a URL given as a string on every request)."""
+    return httpx.URL(url)
+
+
 @contextlib.asynccontextmanager
 async def _post(url: str, body: dict[str, Any], stall: float) -> AsyncIterator[httpx.Response]:
     """POSTs `body` as JSON and yields the streamed response, closed on the way out (closing it before its end
     closes the connection, which is how the model server learns that it may stop)."""
     request = httpx.Request(
         "POST",
-        url,
+        _parsed(url),
         json=body,
         headers=_headers(),
         extensions={"timeout": _timeout(stall).as_dict()},
@@ -245,7 +251,7 @@ async def stream_chat(
             try:
                 async with _post(url, body, stall) as response:
                     await _check_response(response, request.model)
-                    chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+                    chunks = cast(Body, response.stream)
                     lines, fields = SSELineDecoder(), SSEDecoder()
                     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
                     guard = _StallGuard(stall)
@@ -276,7 +282,6 @@ async def stream_chat(
                                 guard.reading()
                     finally:
                         guard.close()
-                        await chunks.aclose()
             except httpx.RequestError as exc:
                 raise _transport_error(exc, started=started, stall=stall) from exc
         except UpstreamError as exc:

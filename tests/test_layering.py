@@ -24,6 +24,7 @@ LAYERS: list[list[str]] = [
         "streaming.events",
         "streaming.protocol",
         "streaming.upstream",
+        "streaming.transport",
         "streaming.aio",
         "streaming.sockets",
         "streaming.layers",
