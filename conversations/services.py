@@ -9,7 +9,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.apps import apps
@@ -505,6 +505,35 @@ def messages_sweep_expired() -> list[Message]:
         if updated:
             swept.append(message)
     return swept
+
+
+def message_take_over(*, message_id: str, stale_before: datetime) -> Message | None:
+    """Claims a `streaming` answer that no generation has renewed since `stale_before`: its process died, or
+    never started it. One with no text yet gets a new lease and stays `streaming`, for the caller to start
+    again; one with text is saved `interrupted` (text kept), as the sweeper would do once its lease ran out.
+    Returns the row as it now is, or None when it was not stale (a generation somewhere renews it).
+    """
+    now = timezone.now()
+    stale = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING, updated_at__lt=stale_before)
+    if stale.filter(content="").update(lease_expires_at=_lease_deadline(), updated_at=now):
+        return Message.objects.filter(pk=message_id).first()
+    message = stale.only("id", "conversation_id", "owner_id", "content").first()
+    if message is None:
+        return None
+    html = render_markdown(message.content)
+    updated = stale.update(
+        status=Message.Status.INTERRUPTED,
+        content_html=html,
+        error_code=INTERRUPTED_CODE,
+        error_message=INTERRUPTED_MESSAGE,
+        lease_expires_at=None,
+        updated_at=now,
+    )
+    if not updated:
+        return None
+    message.status, message.content_html = Message.Status.INTERRUPTED, html
+    message.error_code, message.error_message = INTERRUPTED_CODE, INTERRUPTED_MESSAGE
+    return message
 
 
 # --- The HTTP API and the admin review workflow ----------------------------------------------------------------

@@ -82,12 +82,14 @@ async def chat_send(
     content: str,
     options: GenerationOptions,
     before_start: BeforeStart = None,
+    retry: bool = False,
 ) -> Turn:
     """Adds a user message and starts its answer. The first message of a new conversation also asks the model
-    at once, while its rows are written (see `_may_start_early`)."""
+    at once, while its rows are written, unless the client says it is sending it again (`retry`; see
+    `_may_start_early`)."""
     _refuse_while_draining()
     early = None
-    if conversation_id is None and _may_start_early(user, client_id):
+    if conversation_id is None and not retry and _may_start_early(user, client_id):
         asked = services.first_answer_request(user=user, content=content, options=options)
         early = EarlyStart(ChatRequest(asked.model, asked.messages, asked.temperature, asked.max_tokens))
     try:
@@ -114,8 +116,8 @@ _sent: OrderedDict[tuple[str, str], None] = OrderedDict()
 def _may_start_early(user: User, client_id: str) -> bool:
     """Whether a send may ask the model before its rows are written. Not when this process has seen the
     send's id before (a retry: its answer exists), nor when the user was refused lately or already has the
-    default number of answers being written here; a retry that reaches another process is stopped by the
-    unique key a few milliseconds later, before the model has answered anything."""
+    default number of answers being written here. (A retry the client does not mark as one, reaching another
+    process, is stopped by the unique key a few milliseconds later, before the model has answered.)"""
     user_id, now = str(user.pk), time.monotonic()
     key = (user_id, client_id)
     if key in _sent:

@@ -22,7 +22,7 @@ from conversations.errors import ChatError
 from conversations.models import Message
 from conversations.payloads import conversation_payload, message_payload
 from conversations.services import Turn
-from streaming import events, lifecycle, protocol, sockets
+from streaming import events, lifecycle, metrics, protocol, sockets
 from streaming.actions import chat_cancel, chat_delete, chat_edit, chat_regenerate, chat_rename, chat_send
 from streaming.aio import Source, dispatch_in_order, orm
 from streaming.events import get_bus, user_group
@@ -59,6 +59,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     watcher: Watcher | None = None
     shows_list = False  # the client asked for the list of conversations, so it gets its changes
     closed = False  # the client has gone: sends are dropped
+    released = False
 
     async def __call__(self, scope: dict[str, Any], receive: Source, send: Callable[..., Awaitable[None]]) -> None:
         """Channels' AsyncConsumer.__call__ with the message loop of streaming.aio and no channel layer: events
@@ -67,8 +68,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.base_send = send
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
         self.socket_id = uuid.uuid4().hex
-        with contextlib.suppress(StopConsumer):
-            await dispatch_in_order([receive], self.dispatch, self.inbox)
+        try:
+            with contextlib.suppress(StopConsumer):
+                await dispatch_in_order([receive], self.dispatch, self.inbox)
+        finally:
+            # Also when the loop ended otherwise than by a disconnect (a failure, daphne cancelling the
+            # application): what the socket held is released in every case.
+            await asyncio.shield(self.release())
 
     def deliver(self, event: dict[str, Any]) -> None:
         """Takes an event of the user group from the bus; list changes only if this socket shows the list.
@@ -97,6 +103,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.list_flush: asyncio.TimerHandle | None = None
         self.watcher = Watcher(emit=self.emit, emit_frame=self.send_frame, deliver=self.inbox.put_nowait)
         lifecycle.socket_opened(self)
+        metrics.SOCKETS_OPEN.inc()
         bus = get_bus()
         self.bus_key = bus.register(self)
         await bus.join(user_group(user.pk), self.bus_key)
@@ -104,10 +111,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.emit(protocol.ready_event())
 
     async def disconnect(self, code: int) -> None:
-        # The generations this socket watched keep running; only the subscriptions go.
+        await self.release()
+
+    async def release(self) -> None:
+        """Gives up what the socket holds: its watcher, its subscriptions, its place in the user's count. The
+        generations it watched keep running. Runs once, whatever calls it first."""
         self.closed = True
-        if self.watcher is not None:
+        if self.watcher is not None and not self.released:
+            self.released = True
             lifecycle.socket_closed(self)
+            metrics.SOCKETS_OPEN.dec()
             if self.list_flush is not None:
                 self.list_flush.cancel()
             await self.watcher.close()
@@ -197,6 +210,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     content=request.content,
                     options=request.options,
                     before_start=self._subscriber(request.id),
+                    retry=request.retry,
                 )
             case Regenerate():
                 await chat_regenerate(

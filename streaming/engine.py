@@ -11,9 +11,11 @@ engine and stops it.
 import asyncio
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from conversations import services
 from conversations.models import Message
@@ -115,6 +117,24 @@ class Engine:
             metrics.GENERATIONS_ACTIVE.dec()
             metrics.GENERATIONS.labels(gen.status).inc()
             self.bus.leave(events.control_group(gen.message_id), self.key)
+
+    async def take_over(self, message_id: str) -> None:
+        """Starts again (or ends) a streaming answer that no generation runs: one whose process died, or
+        never started it. A generation renews its row at least every third of the lease, so a row not
+        renewed for that long and two checkpoints more has none; the database decides, so two processes
+        never both take it (see services.message_take_over)."""
+        if message_id in self.generations:
+            return
+        stale = settings.CHAT_LEASE_SECONDS / 3 + 2 * settings.CHAT_CHECKPOINT_SECONDS
+        stale_before = timezone.now() - timedelta(seconds=stale)
+        row = await orm(services.message_take_over)(message_id=message_id, stale_before=stale_before)
+        if row is None:
+            return
+        log.warning("took over an answer no generation was writing", extra={"message_id": message_id})
+        if row.status == Message.Status.STREAMING:
+            await self.start(message_id)
+        else:
+            announce_swept(self.bus, row)
 
     def answers_of(self, owner_id: str) -> int:
         """How many answers of a user this process is writing."""

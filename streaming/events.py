@@ -21,6 +21,7 @@ a proxy that keeps a socket on one process, a token never leaves the process.
 import asyncio
 import itertools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
@@ -294,22 +295,27 @@ class Bus:
         self._tasks: set[asyncio.Task[None]] = set()
         self._started: asyncio.Future[None] | None = None
         self._pinged_back = 0.0
+        self._failing = False
 
     async def start(self) -> None:
-        """Opens this process's layer channel and starts the tasks that serve it (once)."""
+        """Opens this process's layer channel and starts the tasks that serve it (once). Never fails: with the
+        layer away, the channel is named here and subscribed to once the layer is back."""
         if self._started is None:
             self._started = asyncio.get_running_loop().create_future()
-            try:
-                if self.crosses:
-                    self.channel = await self.layer.new_channel()
-                    self._pinged_back = asyncio.get_running_loop().time()
-                    for work in (self._receive(), self._send_out(), self._watch_layer()):
-                        self._spawn(work)
-                self._started.set_result(None)
-            except BaseException as error:
-                self._started.set_exception(error)
-                self._started = None
-                raise
+            if self.crosses:
+                try:
+                    async with asyncio.timeout(self.JOIN_TIMEOUT):
+                        self.channel = await self.layer.new_channel()
+                    _insist_on_cancellation()
+                except Exception:
+                    log.warning("the channel layer is unreachable; events stay within this process until it is back")
+                    self.channel = f"{getattr(self.layer, 'prefix', '')}specific.{uuid.uuid4().hex}"
+                    self.up = False
+                    metrics.BUS_OUTAGES.inc()
+                self._pinged_back = asyncio.get_running_loop().time()
+                for work in (self._receive(), self._send_out(), self._watch_layer()):
+                    self._spawn(work)
+            self._started.set_result(None)
         await asyncio.shield(self._started)
 
     async def stop(self) -> None:
@@ -346,6 +352,8 @@ class Bus:
         then reads the database misses nothing that other processes announce after its read."""
         members = self.groups.setdefault(group, {})
         first = not members
+        if key not in members:
+            metrics.BUS_SUBSCRIPTIONS.inc()
         members[key] = self.subscribers[key]
         if first and self.crosses:
             await self.start()
@@ -359,7 +367,10 @@ class Bus:
 
     def leave(self, group: str, key: int) -> None:
         members = self.groups.get(group)
-        if members is None or members.pop(key, None) is None or members:
+        if members is None or members.pop(key, None) is None:
+            return
+        metrics.BUS_SUBSCRIPTIONS.dec()
+        if members:
             return
         del self.groups[group]
         if self.crosses:
@@ -415,7 +426,8 @@ class Bus:
             except Exception:
                 # Lost for other processes; their watchers repair by offset and by checking the database.
                 metrics.BUS_DROPPED.inc()
-                if self.up:
+                if self.up and not self._failing:
+                    self._failing = True  # said once; the outage itself is reported by _watch_layer
                     log.warning("sending through the channel layer failed", exc_info=True)
 
     async def _receive(self) -> None:
@@ -461,7 +473,7 @@ class Bus:
         then tell every subscriber to catch up on what crossed meanwhile (RESYNC)."""
         if self.up:
             return
-        self.up = True
+        self.up, self._failing = True, False
         log.warning("the channel layer is back; rejoining groups and catching up")
         for group in list(self.groups):
             try:

@@ -8,6 +8,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 GENERATIONS_ACTIVE = Gauge("chat_generations_active", "Answers being written by this process.")
 WATCHERS_ACTIVE = Gauge("chat_watchers_active", "Client connections (WebSockets, event streams) watching answers.")
+SOCKETS_OPEN = Gauge("chat_sockets_open", "Authenticated chat WebSockets open on this process.")
+BUS_SUBSCRIPTIONS = Gauge(
+    "chat_bus_subscriptions", "Subscriptions of this process's watchers, sockets and engine to event groups."
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "chat_time_to_first_token_seconds",
     "From the start of a generation to its first text published to watchers (the model's time included).",

@@ -52,6 +52,7 @@ class Send:
     conversation: str | None
     content: str
     options: GenerationOptions
+    retry: bool = False  # the client sends it again with the same id (after a reconnect)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,10 @@ def _request(data: dict[str, Any], ref: str | None) -> Request:
         content = fields.content()
         client_id = fields.identifier("id")
         assert client_id is not None  # noqa: S101 - required
-        return Send(id=client_id, conversation=conversation, content=content, options=fields.options())
+        retry = fields.data.get("retry", False)
+        if not isinstance(retry, bool):
+            raise fields.fail("retry", "must be true or false")
+        return Send(id=client_id, conversation=conversation, content=content, options=fields.options(), retry=retry)
     if kind == "open":
         return Open(conversation=_required_id(fields, "conversation"), id=ref)
     if kind == "resume":

@@ -37,6 +37,8 @@ Deliver = Callable[[dict[str, Any]], None]
 RESUME_TIMEOUT = 2.0
 # A watched answer silent this long is checked against the database (its `done` may have been dropped).
 IDLE_CHECK = 10.0
+# Resume requests unanswered this long: maybe no generation runs the answer, and the engine may take it over.
+TAKE_OVER_AFTER = 6.0
 WATCHDOG_PERIOD = 1.0
 
 
@@ -45,6 +47,7 @@ class _Watch:
     offset: int  # code points of the content the client has
     rendered: int  # code points of the content whose HTML blocks the client has
     resume_requested_at: float | None = None
+    unanswered_since: float | None = None  # when the resume requests began to go unanswered
     last_event_at: float = 0.0
 
 
@@ -163,6 +166,8 @@ class Watcher:
         if watch is None:
             return
         watch.resume_requested_at = time.monotonic()
+        if watch.unanswered_since is None:
+            watch.unanswered_since = watch.resume_requested_at
         await get_engine().request_resume(message_id, watch.offset, watch.rendered, await self.bus.address(self.key))
 
     # --- layer events ------------------------------------------------------------------------------------
@@ -211,7 +216,7 @@ class Watcher:
                 sent = event.get("blocks", [])
                 blocks, ask = _new_blocks(watch, sent)
                 if not ask:
-                    watch.resume_requested_at = None
+                    watch.resume_requested_at = watch.unanswered_since = None
                 frame = event.get("frame")
                 if frame is not None and self.emit_frame is not None and start == offset and len(blocks) == len(sent):
                     # The client had exactly what preceded this delta: the frame serialised for all such clients.
@@ -332,8 +337,11 @@ class Watcher:
             if not (stale_resume or idle):
                 continue
             watch.last_event_at = now
-            if not await self._finish_from_database(message_id):
-                await self._ask(message_id)
+            if await self._finish_from_database(message_id):
+                continue
+            if watch.unanswered_since is not None and now - watch.unanswered_since > TAKE_OVER_AFTER:
+                await get_engine().take_over(message_id)
+            await self._ask(message_id)
 
 
 def _new_blocks(watch: _Watch, blocks: list[BlockPayload] | None) -> tuple[list[BlockPayload], bool]:

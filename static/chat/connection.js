@@ -67,7 +67,8 @@ export class Connection {
       this.onState("connected");
       // Unanswered requests first: each makes the server follow its own conversation, and the page's
       // `open` (sent by the ready handler) must come last, so that the conversation on screen is followed.
-      for (const frame of this.unacknowledged.values()) this.socket.send(JSON.stringify(frame));
+      // Marked as sent again, so the server checks that it is new before it asks the model.
+      for (const frame of this.unacknowledged.values()) this.socket.send(JSON.stringify({ ...frame, retry: true }));
       this.onEvent(event);
       return;
     }

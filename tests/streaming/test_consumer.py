@@ -188,3 +188,22 @@ async def test_disconnecting_leaves_the_answer_running_to_its_end(engine, user):
             break
         await asyncio.sleep(0.05)
     assert row.status == "complete" and row.content
+
+
+async def test_list_changes_reach_only_that_users_sockets_that_show_the_list(engine, user):
+    stranger = await sync_to_async(get_user_model().objects.create_user)(username=f"s-{unique()[:8]}")
+    sender, listing, silent, theirs = Client(user), Client(user), Client(user), Client(stranger)
+    for chat in (sender, listing, silent, theirs):
+        await chat.connect()
+    for chat in (listing, theirs):
+        await chat.send({"type": "conversations", "id": "shown"})
+        assert (await chat.until("conversations"))["ref"] == "shown"
+    answer, _, _ = await sender.answer("hello", "dev:tokens=5,ttft=0,tps=2000")
+    change = await listing.until("conversation")
+    row = await sync_to_async(Message.objects.get)(pk=answer)
+    assert change["conversation"]["id"] == str(row.conversation_id)
+    await asyncio.sleep(0.5)  # the coalescing window: nothing more is on its way
+    for chat in (silent, theirs, sender):
+        assert await chat.communicator.receive_nothing(0.3), "only the user's sockets that show the list"
+    for chat in (sender, listing, silent, theirs):
+        await chat.close()

@@ -116,7 +116,8 @@ async def test_a_1000_token_answer_writes_about_once_a_second(engine):
 
 async def test_first_delta_is_published_at_once_not_after_a_window(engine, settings):
     settings.CHAT_COALESCE_MS = 2000
-    turn = await sync_to_async(new_turn)("dev:tokens=40,tps=1000,ttft=0")
+    # Tokens 10 ms apart (each its own read), all within the 2 s window.
+    turn = await sync_to_async(new_turn)("dev:tokens=40,tps=100,ttft=0")
     collector = await subscribe(turn.conversation.pk)
     answer = str(turn.assistant_message.pk)
     started = asyncio.get_running_loop().time()
