@@ -106,8 +106,12 @@ async def test_after_redis_returns_watchers_elsewhere_catch_up_within_a_second(o
 
     for socket in (writer, watcher):
         await socket.done(running, timeout=30)
-    rows = await sync_to_async(list)(Message.objects.filter(pk__in=[running, short]))
-    saved = {str(row.pk): row.content for row in rows}
+    saved = await sync_to_async(
+        lambda: {
+            str(pk): content
+            for pk, content in Message.objects.filter(pk__in=[running, short]).values_list("pk", "content")
+        }
+    )()
     assert watcher.texts[running] == writer.texts[running] == saved[running]
     assert other.texts[short] == saved[short]
     assert writer.texts[running] == simulated(upstream, model, "long")
