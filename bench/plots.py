@@ -22,13 +22,36 @@ def report(results: dict[str, Any], out: Path) -> None:
         f"\nupstream: the dev upstream (a simulator), {results['upstream']['ttft_s'] * 1000:.0f} ms to the first "
         f"token, then {results['upstream']['tokens_per_s']:g} tokens/s; database: {results.get('database')}"
     )
+    if burst := results.get("burst"):
+        _report_burst(burst, out)
+    if followup := results.get("followup"):
+        rows = followup["rows"]
+        floor = rows["floor"]["ttft_ms"]
+        print(
+            f"\n2. Follow-up turns: {followup['streams']} users within 2 s, a first turn against turn "
+            f"{followup['turns_before'] + 1} (ms added to the time to first token)"
+        )
+        for name, row in rows.items():
+            if name != "floor":
+                print(
+                    f"   {name:<8} p50 {row['ttft_ms']['p50'] - floor['p50']:>7.1f}  p99 "
+                    f"{row['ttft_ms']['p99'] - floor['p99']:>7.1f}  CPU µs/token "
+                    f"{_f(row['server_cpu_us_per_token'])}  errors {row['errors']}"
+                )
+    if fixed := results.get("fixed"):
+        print(f"\n3. Fixed cost of one answer (one-token answers on an open socket, {fixed['answers']} in a row)")
+        for name, row in fixed["peers"].items():
+            print(
+                f"   {name:<8} {row['cpu_ms_per_answer']:>6.2f} ms CPU, {row['wall_ms_per_answer']:>6.2f} ms "
+                f"wall per answer, errors {row['errors']}"
+            )
     if classic := results.get("classic"):
-        print(f"\n1. One stream ({classic['tokens']} tokens, median of {classic['repeats']})")
+        print(f"\n4. One stream ({classic['tokens']} tokens, median of {classic['repeats']})")
         print(f"   {'path':<18} {'first token ms':>15} {'total ms':>10}")
         for name, row in classic["paths"].items():
             print(f"   {name:<18} {row['ttft_ms']:>15.1f} {row['total_ms']:>10.1f}")
     if levels := results.get("load"):
-        print(f"\n2. Load on one daphne process ({levels['tokens']} tokens a stream; ms unless noted)")
+        print(f"\n5. Load on one daphne process ({levels['tokens']} tokens a stream; ms unless noted)")
         print(
             f"   {'streams':>7} {'added TTFT p50':>14} {'p99':>7} {'added gap p50':>13} {'p99':>7} "
             f"{'CPU µs/token':>12} {'steady':>7} {'KB/idle socket':>14} {'KB/live stream':>14} {'errors':>6}"
@@ -47,7 +70,7 @@ def report(results: dict[str, Any], out: Path) -> None:
         _plot_load(levels["levels"], out)
     if capacity := results.get("capacity"):
         print(
-            f"\n3. Most live streams on one process with the added inter-token p99 ≤ 100 ms (all streaming): "
+            f"\n6. Most live streams on one process with the added inter-token p99 ≤ 100 ms (all streaming): "
             f"{capacity['max_streams']}"
         )
         for row in capacity["levels"]:
@@ -58,7 +81,7 @@ def report(results: dict[str, Any], out: Path) -> None:
             )
         _plot_capacity(capacity, out)
     if coalescing := results.get("coalescing"):
-        print("\n4. Coalescing window at 200 streams")
+        print("\n7. Coalescing window at 200 streams")
         print(f"   {'window ms':>9} {'frames/s':>9} {'kB/s':>8} {'CPU µs/token':>12} {'gap p99 ms':>10}")
         for row in coalescing:
             print(
@@ -68,26 +91,15 @@ def report(results: dict[str, Any], out: Path) -> None:
         _plot_coalescing(coalescing, out)
     if writes := results.get("writes"):
         if "skipped" in writes:
-            print(f"\n5. Database writes: skipped ({writes['skipped']})")
+            print(f"\n8. Database writes: skipped ({writes['skipped']})")
         else:
             print(
-                f"\n5. Database writes for one {writes['tokens']}-token answer streamed in "
+                f"\n8. Database writes for one {writes['tokens']}-token answer streamed in "
                 f"{writes['seconds_streaming']:.1f} s: {writes['message_row_writes']} message-row writes, "
                 f"{writes['conversation_row_writes']} conversation-row writes ({writes['bound']})"
             )
-    if relay := results.get("floor"):
-        rows = levels["levels"] if levels else []
-        product = next((row["app"] for row in rows if row["app"]["streams"] == relay["streams"]), None)
-        print(
-            f"\n6. Transport floor at {relay['streams']} streams: bare ASGI relay "
-            f"{_f(relay['server_cpu_us_per_token'])} "
-            f"µs CPU/token, gap p99 {relay['lateness_ms']['p99']:.1f} ms"
-        )
-        if product and product["server_cpu_us_per_token"] and relay["server_cpu_us_per_token"]:
-            ratio = product["server_cpu_us_per_token"] / relay["server_cpu_us_per_token"]
-            print(f"   the product: {product['server_cpu_us_per_token']:.1f} µs/token, {ratio:.2f} times the floor")
     if scaleout := results.get("scaleout"):
-        print("\n7. Behind nginx on Redis: one process against two")
+        print("\n9. Behind nginx on Redis: one process against two")
         for name, rows in scaleout.items():
             for row in rows:
                 print(
@@ -96,7 +108,7 @@ def report(results: dict[str, Any], out: Path) -> None:
                     f"errors {row['errors']}"
                 )
     if (choice := results.get("servers")) and "skipped" not in choice:
-        print("\n8. ASGI servers at 200 streams (the product and the bare relay on each)")
+        print("\n10. ASGI servers at 200 streams (the product and the bare relay on each)")
         print(
             f"   {'server':<22} {'application':<11} {'CPU µs/token':>12} {'steady':>7} {'KB/idle socket':>14} "
             f"{'gap p99 ms':>10}"
@@ -108,9 +120,9 @@ def report(results: dict[str, Any], out: Path) -> None:
                 f"{row['lateness_ms']['p99']:>10.1f}"
             )
     elif choice:
-        print(f"\n8. ASGI servers: skipped ({choice['skipped']})")
+        print(f"\n10. ASGI servers: skipped ({choice['skipped']})")
     if browser := results.get("browser"):
-        print("\n9. Browser (Chromium): main-thread time per update")
+        print("\n11. Browser (Chromium): main-thread time per update")
         for name, row in browser.items():
             print(
                 f"   {name}: {row['characters']} characters, {row['updates']} updates, p50 {row['update_ms_p50']:.2f} "
@@ -173,4 +185,64 @@ def _plot_coalescing(rows: list[dict[str, Any]], out: Path) -> None:
     figure.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
     figure.savefig(out / "coalescing.png", dpi=110)
+    plt.close(figure)
+
+
+PEER_NAMES = {"product": "this product", "naive": "naive design", "relay": "bare relay"}
+
+
+def _report_burst(burst: dict[str, Any], out: Path) -> None:
+    print(
+        f"\n1. Burst: N users, one session each, connect and send a first message within {burst['spread_s']:g} s "
+        f"({burst['tokens']} tokens an answer; ms added to the upstream's own figures)"
+    )
+    print(
+        f"   {'users':>5} {'peer':<13} {'TTFT p50':>8} {'p99':>7} {'late p99':>8} {'CPU µs/token':>12} "
+        f"{'steady':>7} {'RSS MB':>7} {'kB/stream':>9} {'errors':>6}"
+    )
+    for level in burst["levels"]:
+        floor = level["floor"]
+        for name in PEER_NAMES:
+            if name not in level:
+                continue
+            row = level[name]
+            print(
+                f"   {level['streams']:>5} {PEER_NAMES[name]:<13} "
+                f"{row['ttft_ms']['p50'] - floor['ttft_ms']['p50']:>8.1f} "
+                f"{row['ttft_ms']['p99'] - floor['ttft_ms']['p99']:>7.1f} "
+                f"{row['lateness_ms']['p99'] - floor['lateness_ms']['p99']:>8.1f} "
+                f"{_f(row['server_cpu_us_per_token']):>12} {_f(row['steady_cpu_us_per_token']):>7} "
+                f"{_f(row['rss_peak_mb']):>7} {_f(row['rss_kb_per_live_stream']):>9} {row['errors']:>6}"
+            )
+    _plot_burst(burst["levels"], out)
+
+
+def _plot_burst(levels: list[dict[str, Any]], out: Path) -> None:
+    names = [name for name in PEER_NAMES if all(name in level for level in levels)]
+    figure, (latency, cpu) = plt.subplots(1, 2, figsize=(11, 4))
+    places = range(len(levels))
+    width = 0.8 / max(1, len(names))
+    for offset, name in enumerate(names):
+        at = [p - 0.4 + width * (offset + 0.5) for p in places]
+        p50 = [max(0.1, level[name]["ttft_ms"]["p50"] - level["floor"]["ttft_ms"]["p50"]) for level in levels]
+        p99 = [max(0.1, level[name]["ttft_ms"]["p99"] - level["floor"]["ttft_ms"]["p99"]) for level in levels]
+        bars = latency.bar(at, p99, width=width, alpha=0.35)
+        latency.bar(at, p50, width=width, color=bars[0].get_facecolor()[:3], label=f"{PEER_NAMES[name]}")
+        cpu.bar(
+            at, [level[name]["server_cpu_us_per_token"] or 0 for level in levels], width=width, label=PEER_NAMES[name]
+        )
+    labels = [str(level["streams"]) for level in levels]
+    latency.set_xticks(list(places), labels)
+    latency.set_yscale("log")
+    latency.set_xlabel("users sending within 2 s")
+    latency.set_ylabel("added time to first token, ms (solid p50, light p99)")
+    latency.legend(fontsize=8)
+    latency.grid(alpha=0.3, axis="y")
+    cpu.set_xticks(list(places), labels)
+    cpu.set_xlabel("users sending within 2 s")
+    cpu.set_ylabel("server CPU µs per token (whole run)")
+    cpu.legend(fontsize=8)
+    cpu.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    figure.savefig(out / "burst.png", dpi=110)
     plt.close(figure)

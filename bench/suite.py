@@ -4,7 +4,8 @@ The simulator answers at a realistic pace (first token after 300 ms, then 50 tok
 scenario is bounded in time; the whole suite takes a few minutes on a 2-core machine. It prints a table,
 writes `results.json` and PNG plots into bench/results/<time>/, and docs/benchmarks.md explains the method.
 
-    uv run python bench/suite.py [--only classic,load,capacity,coalescing,writes,floor,scaleout,servers,browser]
+    uv run python bench/suite.py [--only burst,followup,fixed,classic,load,capacity,coalescing,writes,
+                                         scaleout,servers,browser] [--bursts 50,200,500]
 """
 
 import argparse
@@ -120,6 +121,7 @@ class LevelResult:
     server_cpu: float | None = None
     rss_idle_per_socket: float | None = None
     rss_per_stream: float | None = None
+    rss_peak: float | None = None  # the server's resident set at its largest during the level, in bytes
     client_cpu: float | None = None
     token_times: list[float] = field(default_factory=list)  # every token's arrival, sorted
     steady_cpu_per_token: float | None = None  # CPU seconds per token while every stream was under way
@@ -140,6 +142,7 @@ class LevelResult:
             "steady_lateness_ms": {k: v * 1000 for k, v in load.summary(self.steady_lateness).items()},
             "rss_kb_per_idle_socket": None if self.rss_idle_per_socket is None else self.rss_idle_per_socket / 1024,
             "rss_kb_per_live_stream": None if self.rss_per_stream is None else self.rss_per_stream / 1024,
+            "rss_peak_mb": None if self.rss_peak is None else self.rss_peak / 2**20,
             "client_cpu_s": self.client_cpu,
         }
 
@@ -270,6 +273,7 @@ async def burst_level(
     result.steady_cpu_per_token = steady_cpu(streams, result.token_times, cpu_series)
     result.server_cpu = after.cpu - before.cpu
     result.rss_per_stream = max(0, peak - before.rss) / count
+    result.rss_peak = peak
     return result
 
 
@@ -463,17 +467,6 @@ def _row_writes(database_url: str) -> tuple[int, int]:
     return int(rows.get("conversations_message", 0)), int(rows.get("conversations_conversation", 0))
 
 
-async def floor(setup: Setup, results: dict[str, Any]) -> None:
-    """A bare ASGI relay (no Django, no Channels) on daphne under the same 200 streams, against the product."""
-    relay = servers.daphne(app_env(setup), "bench.relay_app:application").start()
-    try:
-        await warm_up(relay.port, "none")
-        level = await socket_level([relay.pid], relay.port, ["none"], 200, 250, 2.0)
-    finally:
-        relay.stop()
-    results["floor"] = level.row()
-
-
 async def scaleout(setup: Setup, results: dict[str, Any]) -> None:
     """One daphne process against two behind nginx, on Redis, at the same loads."""
     from bench import fleet
@@ -541,12 +534,45 @@ async def followup(setup: Setup, results: dict[str, Any]) -> None:
     results["followup"] = {"tokens": tokens, "streams": count, "turns_before": turns, "rows": rows}
 
 
+async def fixed(setup: Setup, results: dict[str, Any]) -> None:
+    """The fixed CPU of one answer: one socket already open, one-token answers one after another, each in a
+    new conversation, on the product and its peers. Everything an answer costs besides its tokens: the send,
+    the writes, the upstream request, the final frames."""
+    warm, count = 20, 100
+    answer_model = "dev:tokens=1,ttft=0"
+    rows: dict[str, dict[str, float]] = {}
+    for name, launch in PEERS.items():
+        process = launch(app_env(setup)).start()
+        try:
+            session = servers.sessions(setup.env, 1)[0] if name == "product" else "none"
+            url, origin = f"ws://127.0.0.1:{process.port}/ws/chat/", f"http://127.0.0.1:{process.port}"
+            socket = Socket(url, origin, session)
+            await socket.open()
+            for index in range(warm):
+                await socket.answer(answer_model, f"warm up {index}", Stream())
+            before, began = servers.usage(process.pid).cpu, time.perf_counter()
+            streams = [Stream() for _ in range(count)]
+            for index, stream in enumerate(streams):
+                await socket.answer(answer_model, f"bench {index}", stream)
+            cpu, wall = servers.usage(process.pid).cpu - before, time.perf_counter() - began
+            await socket.close()
+        finally:
+            process.stop()
+        rows[name] = {
+            "cpu_ms_per_answer": cpu / count * 1000,
+            "wall_ms_per_answer": wall / count * 1000,
+            "errors": sum(1 for stream in streams if stream.error),
+        }
+        print(f"  fixed, {name}: {rows[name]['cpu_ms_per_answer']:.2f} ms CPU per answer", flush=True)
+    results["fixed"] = {"answers": count, "peers": rows}
+
+
 SERVERS: dict[str, Callable[[dict[str, str], str], servers.Process]] = {
     "daphne (asyncio loop)": lambda env, application: servers.daphne(env, application, uvloop=False),
     "daphne (uvloop)": servers.daphne,
     "uvicorn (uvloop)": servers.uvicorn,
 }
-APPLICATIONS = {"product": "chatproject.asgi:application", "floor": "bench.relay_app:application"}
+APPLICATIONS = {"product": "chatproject.asgi:application", "relay": "bench.relay_app:application"}
 
 
 async def server_choice(setup: Setup, results: dict[str, Any]) -> None:
@@ -586,12 +612,12 @@ async def browser(setup: Setup, results: dict[str, Any]) -> None:
 SCENARIOS: dict[str, Callable[[Setup, dict[str, Any]], Awaitable[None]]] = {
     "burst": burst,
     "followup": followup,
+    "fixed": fixed,
     "classic": classic,
     "load": load_levels,
     "capacity": capacity,
     "coalescing": coalescing,
     "writes": writes,
-    "floor": floor,
     "scaleout": scaleout,
     "servers": server_choice,
     "browser": browser,
