@@ -219,23 +219,27 @@ def _report_burst(burst: dict[str, Any], out: Path) -> None:
 
 def _plot_burst(levels: list[dict[str, Any]], out: Path) -> None:
     names = [name for name in PEER_NAMES if all(name in level for level in levels)]
+    # The time to first token itself, beside the upstream's own (the floor) at the same load: a difference
+    # of two noisy percentiles can be negative, which a bar cannot show.
+    shown = [("floor", "upstream directly"), *((name, PEER_NAMES[name]) for name in names)]
     figure, (latency, cpu) = plt.subplots(1, 2, figsize=(11, 4))
     places = range(len(levels))
-    width = 0.8 / max(1, len(names))
-    for offset, name in enumerate(names):
+    width = 0.8 / max(1, len(shown))
+    colours = {"floor": "grey", **{name: f"C{index}" for index, name in enumerate(PEER_NAMES)}}
+    for offset, (name, label) in enumerate(shown):
         at = [p - 0.4 + width * (offset + 0.5) for p in places]
-        p50 = [max(0.1, level[name]["ttft_ms"]["p50"] - level["floor"]["ttft_ms"]["p50"]) for level in levels]
-        p99 = [max(0.1, level[name]["ttft_ms"]["p99"] - level["floor"]["ttft_ms"]["p99"]) for level in levels]
-        bars = latency.bar(at, p99, width=width, alpha=0.35)
-        latency.bar(at, p50, width=width, color=bars[0].get_facecolor()[:3], label=f"{PEER_NAMES[name]}")
-        cpu.bar(
-            at, [level[name]["server_cpu_us_per_token"] or 0 for level in levels], width=width, label=PEER_NAMES[name]
-        )
+        p50 = [level[name]["ttft_ms"]["p50"] for level in levels]
+        p99 = [level[name]["ttft_ms"]["p99"] for level in levels]
+        latency.bar(at, p99, width=width, color=colours[name], alpha=0.35)
+        latency.bar(at, p50, width=width, color=colours[name], label=label)
+        if name != "floor":
+            cpu_per_token = [level[name]["server_cpu_us_per_token"] or 0 for level in levels]
+            cpu.bar(at, cpu_per_token, width=width, color=colours[name], label=label)
     labels = [str(level["streams"]) for level in levels]
     latency.set_xticks(list(places), labels)
     latency.set_yscale("log")
     latency.set_xlabel("users sending within 2 s")
-    latency.set_ylabel("added time to first token, ms (solid p50, light p99)")
+    latency.set_ylabel("time to first token, ms (solid p50, light p99)")
     latency.legend(fontsize=8)
     latency.grid(alpha=0.3, axis="y")
     cpu.set_xticks(list(places), labels)
