@@ -130,7 +130,12 @@ async def dispatch_in_order(sources: list[Source], handle: Handler, inbox: Inbox
     async def pump(source: Source) -> None:
         try:
             while True:
-                inbox.put_nowait(await source())
+                message = await source()
+                inbox.put_nowait(message)
+                if str(message.get("type", "")).endswith(".disconnect"):
+                    # ASGI's last message. A server may answer every later receive at once (uvicorn does),
+                    # and a pump that went on asking would never let the event loop run anything else.
+                    return
         except asyncio.CancelledError:
             raise
         except BaseException as error:  # handed to the loop, which raises it

@@ -104,3 +104,29 @@ async def test_messages_put_into_the_inbox_directly_are_handled_in_order_with_th
     with pytest.raises(StopConsumer):
         await asyncio.wait_for(loop, 1)
     assert handled == ["from the client", "delivered", "stop"]
+
+
+async def test_a_source_that_answers_at_once_after_its_disconnect_is_not_asked_again():
+    """Some ASGI servers answer every receive after `websocket.disconnect` at once, without suspending: a
+    source asked again would hold the event loop for good."""
+    asked = 0
+
+    async def after_the_end() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        if asked > 100:  # asked again and again: end the test with a failure instead of a hang
+            raise RuntimeError("asked after the disconnect")
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    handled: list[str] = []
+
+    async def handle(message: dict[str, Any]) -> None:
+        handled.append(message["type"])
+
+    loop = asyncio.create_task(dispatch_in_order([after_the_end], handle))
+    await asyncio.sleep(0.05)
+    assert not loop.done(), loop.exception()
+    assert (asked, handled) == (1, ["websocket.disconnect"])
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop
