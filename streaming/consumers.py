@@ -106,7 +106,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         metrics.SOCKETS_OPEN.inc()
         bus = get_bus()
         self.bus_key = bus.register(self)
-        await bus.join(user_group(user.pk), self.bus_key)
+        # Not waited for: list changes are read from the database when the socket asks for the list, and the
+        # handshake should not wait for Redis.
+        await bus.join(user_group(user.pk), self.bus_key, wait=False)
         await get_engine().ensure_started()
         await self.emit(protocol.ready_event())
 

@@ -103,8 +103,9 @@ class Engine:
             task = asyncio.create_task(self._run(gen))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            # Never fails: cancels from other processes also arrive through the row's flag, read at each checkpoint.
-            await self.bus.join(events.control_group(message_id), self.key)
+            # Not waited for: a cancel from another process also arrives through the row's flag, read at each
+            # checkpoint, and a resume request unanswered is asked again.
+            await self.bus.join(events.control_group(message_id), self.key, wait=False)
         finally:
             if early is not None and (gen is None or gen.early is not early):
                 await early.close()

@@ -293,6 +293,7 @@ class Bus:
         self._keys = itertools.count(1)
         self._outbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(self.OUTBOX_LIMIT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._joining: dict[str, asyncio.Task[None]] = {}  # groups whose join on the layer is under way
         self._started: asyncio.Future[None] | None = None
         self._pinged_back = 0.0
         self._failing = False
@@ -346,24 +347,44 @@ class Bus:
         await self.start()
         return f"{self.channel}|{key}"
 
-    async def join(self, group: str, key: int) -> None:
+    async def join(self, group: str, key: int, *, wait: bool = True) -> None:
         """Adds a subscriber to a group. With the first one, this process's channel joins the group on the
-        layer before this returns (when the layer answers within JOIN_TIMEOUT): a caller that subscribes and
-        then reads the database misses nothing that other processes announce after its read."""
+        layer. With `wait`, this returns once it has (or after JOIN_TIMEOUT): a caller that subscribes and then
+        reads the database misses nothing that other processes announce after its read. Without, it returns at
+        once: for callers whose group has no events elsewhere yet (a conversation or an answer this process
+        just created), so that Redis is never on the way to an answer's start.
+
+        The layer's join itself is never abandoned: a timeout only stops the waiting, and the process stays
+        subscribed once Redis gets to it (the layer serialises joins behind its publications, so under load a
+        join may take longer than JOIN_TIMEOUT; a join cancelled then would leave the group deaf here).
+        """
         members = self.groups.setdefault(group, {})
         first = not members
         if key not in members:
             metrics.BUS_SUBSCRIPTIONS.inc()
         members[key] = self.subscribers[key]
-        if first and self.crosses:
+        if not (first and self.crosses):
+            joining = self._joining.get(group)
+        else:
+            joining = self._joining[group] = asyncio.ensure_future(self._join_layer(group))
+            self._tasks.add(joining)
+            joining.add_done_callback(self._tasks.discard)
+        if wait and joining is not None and not joining.done():
+            await asyncio.wait([joining], timeout=self.JOIN_TIMEOUT)
+
+    async def _join_layer(self, group: str) -> None:
+        try:
             await self.start()
-            try:
-                async with asyncio.timeout(self.JOIN_TIMEOUT):
-                    await self.layer.group_add(group, self.channel)
-                _insist_on_cancellation()
-            except Exception:
-                # Local delivery works regardless; the group is joined again when the layer is back.
-                log.warning("joining a group on the channel layer failed", exc_info=True, extra={"group": group})
+            await self.layer.group_add(group, self.channel)
+            _insist_on_cancellation()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Local delivery works regardless; the group is joined again when the layer is back.
+            log.warning("joining a group on the channel layer failed", exc_info=True, extra={"group": group})
+        finally:
+            if self._joining.get(group) is asyncio.current_task():
+                del self._joining[group]
 
     def leave(self, group: str, key: int) -> None:
         members = self.groups.get(group)
@@ -374,7 +395,15 @@ class Bus:
             return
         del self.groups[group]
         if self.crosses:
-            self._out(lambda: self.layer.group_discard(group, self.channel))
+            joining = self._joining.get(group)
+
+            async def discard() -> None:
+                if joining is not None:  # a join still under way would otherwise land after the discard
+                    await asyncio.wait([joining])
+                if group not in self.groups:  # unless someone here joined it again meanwhile
+                    await self.layer.group_discard(group, self.channel)
+
+            self._out(discard)
 
     def members(self, group: str) -> int:
         return len(self.groups.get(group, ()))

@@ -77,17 +77,17 @@ class Watcher:
         self._closed = False
         metrics.WATCHERS_ACTIVE.inc()
 
-    async def follow(self, conversation_id: str) -> None:
+    async def follow(self, conversation_id: str, *, wait: bool = True) -> None:
         """Makes `conversation_id` the one conversation this client watches.
 
         Call it before reading the conversation from the database, so no event falls between the read and
-        the subscription.
+        the subscription. `wait=False` when nothing of it can happen elsewhere yet (see Bus.join).
         """
         if conversation_id == self.conversation_id:
             return
         await self.unfollow()
         self.conversation_id = conversation_id
-        await self.bus.join(conversation_group(conversation_id), self.key)
+        await self.bus.join(conversation_group(conversation_id), self.key, wait=wait)
 
     async def unfollow(self) -> None:
         if self.conversation_id is not None:
@@ -117,7 +117,9 @@ class Watcher:
         For the `before_start` of a chat action (see streaming.services): the generation has not started yet,
         so nothing is missed; a retried request's answer may be well under way, so it is asked what it has.
         """
-        await self.follow(str(turn.conversation.pk))
+        # A turn this request created is this process's own: its events start here, and the client's frames
+        # must not wait for Redis. A retried one may be under way elsewhere, so its events are waited for.
+        await self.follow(str(turn.conversation.pk), wait=not turn.created)
         answer = turn.assistant_message
         payload: dict[str, Any] = {}
         for message in (turn.user_message, answer):

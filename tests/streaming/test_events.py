@@ -145,3 +145,62 @@ async def test_after_redis_returns_groups_are_joined_again_and_subscribers_told_
     while (event := await there.next())["type"] == events.RESYNC or event["text"] == "while away":
         pass
     assert event["text"] == "after the return", "the group was joined again on the new Redis"
+
+
+def slow_joins(bus: Bus, seconds: float) -> None:
+    """Makes the bus's layer take `seconds` to join a group, as Redis does under load (the layer serialises
+    its joins behind its publications)."""
+    join = bus.layer.group_add
+
+    async def slow(group: str, channel: str) -> None:
+        await asyncio.sleep(seconds)
+        await join(group, channel)
+
+    bus.layer.group_add = slow
+
+
+async def crossed(bus: Bus, group: str, inbox: Inbox, text: str) -> bool:
+    bus.publish(group, events.delta("m", 0, text))
+    try:
+        while (await inbox.next(timeout=1.0))["text"] != text:
+            pass
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_a_join_that_outlasts_the_wait_is_kept_not_abandoned(processes):
+    one, two = processes
+    two.JOIN_TIMEOUT = 0.1
+    slow_joins(two, 0.5)
+    began = time.monotonic()
+    there = await subscribe(two, "chat.conversation.f")
+    assert time.monotonic() - began < 0.4, "the caller waits at most JOIN_TIMEOUT"
+    await asyncio.sleep(0.6)
+    assert await crossed(one, "chat.conversation.f", there, "after the slow join")
+
+
+async def test_a_join_without_waiting_returns_at_once_and_joins_all_the_same(processes):
+    one, two = processes
+    slow_joins(two, 0.5)
+    there = Inbox()
+    began = time.monotonic()
+    await two.join("chat.conversation.g", two.register(there), wait=False)
+    assert time.monotonic() - began < 0.1
+    two.publish("chat.conversation.g", events.delta("m", 0, "local"), cross=False)
+    assert there.kinds() == ["gen.delta"], "local delivery needs no layer"
+    there.events.clear()
+    await asyncio.sleep(0.6)
+    assert await crossed(one, "chat.conversation.g", there, "from the other process")
+
+
+async def test_leaving_while_the_join_is_under_way_leaves_the_layer_too(processes):
+    one, two = processes
+    slow_joins(two, 0.3)
+    inbox = Inbox()
+    key = two.register(inbox)
+    await two.join("chat.conversation.h", key, wait=False)
+    two.leave("chat.conversation.h", key)
+    await asyncio.sleep(0.8)
+    assert two.channel not in two.layer.groups.get("chat.conversation.h", set()), "the discard came after the join"
+    assert not await crossed(one, "chat.conversation.h", inbox, "to nobody")
