@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -138,6 +139,10 @@ class Tab:
                 self.carry(await self.broken())
                 retry = True
                 continue
+            except AssertionError:
+                answer.violation = "while sending: " + self.describe(chat, answer)
+                await self.broken()  # what this client holds is no longer trustworthy: start afresh
+                return None
             if event["type"] == "error":
                 if event["code"] in ("unavailable", "internal_error") and time.monotonic() < deadline:
                     answer.breaks += 1
@@ -152,16 +157,17 @@ class Tab:
             chat = await self.socket(deadline)
             try:
                 done = await self._follow(chat, answer, answer.id, drop_at)
-            except AssertionError as violation:
-                answer.violation = str(violation) or "assertion"
-                return conversation
+            except AssertionError:
+                answer.violation = "while following: " + self.describe(chat, answer)
+                await self.broken()
+                return None
             except BROKEN:
                 answer.breaks += 1
             else:
                 if done is not None:
                     answer.status = done["status"]
                     answer.text = chat.texts.get(answer.id, "")
-                    chat.events.clear()
+                    del chat.events[:-400]  # bounded, and enough to explain a violation
                     return conversation
                 answer.drops += 1  # the client aborted on purpose, once
                 drop_at = None
@@ -177,6 +183,23 @@ class Tab:
                 continue
         return conversation
 
+    @staticmethod
+    def describe(chat: ChatSocket, answer: Answer) -> str:
+        """What the event that broke the client's checks was (ChatSocket records it before checking it)."""
+        event = chat.events[-1] if chat.events else {}
+        which = "this answer" if event.get("message") == answer.id else "another message"
+        have = len(chat.texts.get(str(event.get("message")), ""))
+        fields = {key: event.get(key) for key in ("type", "offset", "length", "status")}
+        key = event.get("message")
+        about = [
+            _brief(earlier)
+            for earlier in chat.events
+            if earlier.get("message") == key
+            or (isinstance(earlier.get("message"), dict) and earlier["message"].get("id") == key)
+        ]
+        recent = [_brief(earlier) for earlier in chat.events[-12:]] + ["about it:", *about[-20:]]
+        return f"{fields} for {which} ({event.get('message')}), the client had {have} characters; before: {recent}"
+
     async def _follow(self, chat: ChatSocket, answer: Answer, key: str, drop_at: int | None) -> dict[str, Any] | None:
         """Reads to the answer's `done`; None when the client drops the socket on purpose (at `drop_at` deltas)."""
         while True:
@@ -187,6 +210,18 @@ class Tab:
                     return None
             elif event["type"] == "done" and event["message"] == key:
                 return event
+
+
+def _brief(event: dict[str, Any]) -> str:
+    """One event in a few characters, for a violation's report."""
+    message = event.get("message")
+    if isinstance(message, dict):
+        role, key, status = message.get("role"), str(message.get("id"))[:8], message.get("status")
+        message = f"{role} {key} {status} {len(message.get('content', ''))}"
+    elif isinstance(message, str):
+        message = message[:8]
+    extra = "".join(f" {key}={event[key]}" for key in ("offset", "length", "status", "code") if key in event)
+    return f"{event.get('type')} {message}{extra}{' ref' if event.get('ref') else ''}"
 
 
 async def user(nginx: Nginx, session: str, index: int, stop_at: float, answers: list[Answer]) -> None:
@@ -209,7 +244,7 @@ async def user(nginx: Nginx, session: str, index: int, stop_at: float, answers: 
         await tab.chat.close()
 
 
-async def faults_schedule(fleet: Fleet, redis: PrivateRedis, stop_at: float, faults: Faults) -> None:
+async def faults_schedule(fleet: Fleet, redis: PrivateRedis, stop_at: float, faults: Faults, logs: list[str]) -> None:
     """SIGKILL and restart a process every KILL_EVERY seconds, the two in turn; one Redis outage."""
     began = time.monotonic()
     redis_at = began + min(1.5 * KILL_EVERY, SECONDS / 2)
@@ -227,6 +262,7 @@ async def faults_schedule(fleet: Fleet, redis: PrivateRedis, stop_at: float, fau
             server = fleet.processes[victim]
             if server.process is not None:
                 server.process.send_signal(signal.SIGKILL)
+                logs.append(server.output())
             faults.kills.append((time.monotonic(), victim))
             print(f"  {now - began:5.0f} s: process {victim} SIGKILLed, starting it again", flush=True)
             await asyncio.to_thread(fleet.restart, victim)
@@ -319,6 +355,24 @@ def report(answers: list[Answer], faults: Faults, rows: dict[str, tuple[str, str
     }
 
 
+def digest(logs: list[str]) -> dict[str, Any]:
+    """What the processes logged at WARNING and above, by logger and message (ids taken out), and the last
+    line of each traceback: where to look when a count above is not what it should be."""
+    records = _count(
+        re.sub(r"[0-9a-f]{8}-?[0-9a-f-]{20,}|\d+", "…", f"{match[1]} {match[2]}: {match[3]}")[:140]
+        for log in logs
+        for match in re.finditer(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) (\S+) (.*)$", log, re.MULTILINE)
+    )
+    errors = _count(
+        line[:140] for log in logs for line in log.splitlines() if re.match(r"^[\w.]+(Error|Exception|Exit)\b", line)
+    )
+    return {
+        "answers_taken_over": sum(log.count("took over an answer") for log in logs),
+        "records": dict(sorted(records.items(), key=lambda item: -item[1])),
+        "exceptions": dict(sorted(errors.items(), key=lambda item: -item[1])),
+    }
+
+
 def _count(values: Any) -> dict[str, int]:
     counted: dict[str, int] = {}
     for value in values:
@@ -347,7 +401,7 @@ async def main() -> dict[str, Any]:
         "LLM_BASE_URL": f"http://127.0.0.1:{upstream.port}/v1",
         "LLM_MODELS": "dev",
         "LLM_SIMULATOR": "1",
-        "LOG_LEVEL": "ERROR",
+        "LOG_LEVEL": "WARNING",
     }
     fleet: Fleet | None = None
     nginx: Nginx | None = None
@@ -362,12 +416,17 @@ async def main() -> dict[str, Any]:
         began = time.monotonic()
         stop_at = began + SECONDS
         clients = [user(nginx, session, index, stop_at, answers) for index, session in enumerate(sessions)]
-        await asyncio.gather(faults_schedule(fleet, redis, stop_at, faults), *clients)
+        logs: list[str] = []
+        await asyncio.gather(faults_schedule(fleet, redis, stop_at, faults, logs), *clients)
         print(f"  {time.monotonic() - began:5.0f} s: every client has gone", flush=True)
         stuck = await wait_for_sweep(postgres, 60)
         await asyncio.sleep(2)
         left = await leftovers(fleet)
-        return report(answers, faults, saved(postgres), stuck_streaming=stuck, left_on_processes=left)
+        logs += [server.output() for server in fleet.processes]
+        server_log = digest(logs)
+        return report(
+            answers, faults, saved(postgres), stuck_streaming=stuck, left_on_processes=left, server_log=server_log
+        )
     finally:
         if nginx is not None:
             nginx.stop()

@@ -191,6 +191,14 @@ class Watcher:
     async def on_message(self, event: events.MessageEvent) -> None:
         payload = event["message"]
         message_id = payload["id"]
+        if payload["status"] == Message.Status.STREAMING and event.get("_origin"):
+            # Announced by another process: it may arrive seconds late (it waits in that process's queue to
+            # Redis), when the answer has moved on or ended, and its client may already have it from elsewhere.
+            # The row says where the answer is now.
+            row = await orm(_row)(message_id, payload["conversation"])
+            if row is None:
+                return
+            payload = message_payload(row)
         async with self._lock:
             # Events of a conversation this client just left may still be queued for it.
             if payload["conversation"] != self.conversation_id or message_id in self.announced:

@@ -207,3 +207,30 @@ async def test_list_changes_reach_only_that_users_sockets_that_show_the_list(eng
         assert await chat.communicator.receive_nothing(0.3), "only the user's sockets that show the list"
     for chat in (sender, listing, silent, theirs):
         await chat.close()
+
+
+async def test_a_late_announcement_from_another_process_is_taken_as_the_row_now_is(engine, user):
+    """An announcement crossing from another process can arrive after its answer ended (it waits in that
+    process's queue to Redis); a watcher there must not restart the answer at offset 0 for its client."""
+    from conversations.payloads import message_payload
+    from streaming.watch import Watcher
+
+    chat = Client(user)
+    await chat.connect()
+    answer, text, _ = await chat.answer("hello", "dev:tokens=30,ttft=0,tps=2000")
+    await chat.close()
+    row = await sync_to_async(Message.objects.get)(pk=answer)
+    emitted: list[dict[str, Any]] = []
+
+    async def emit(event: dict[str, Any]) -> None:
+        emitted.append(event)
+
+    watcher = Watcher(emit=emit, deliver=lambda event: None)
+    await watcher.follow(str(row.conversation_id))
+    stale = {**message_payload(row), "status": "streaming", "content": "", "html": "", "rendered": 0}
+    await watcher.on_message({"type": "gen.message", "message": stale, "_origin": "another process"})  # type: ignore[typeddict-unknown-key]
+    assert [(e["type"], e["message"]["status"], e["message"]["content"]) for e in emitted] == [
+        ("message", "complete", text)
+    ]
+    assert not watcher.watches, "an ended answer is not watched again"
+    await watcher.close()
