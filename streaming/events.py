@@ -487,15 +487,34 @@ class Bus:
                 subscriber.deliver(event)
 
     async def _watch_layer(self) -> None:
-        """Pings this process's own channel through the layer, to notice when the layer goes away and returns."""
+        """Pings this process's own channel through the layer, to notice when the layer goes away and returns.
+
+        The ping does not queue in the outbox: under load the outbox may hold seconds of publications, and a
+        ping behind them would report a healthy Redis as gone (and every return would send every subscriber
+        to the database to catch up). One ping is out at a time.
+        """
         loop = asyncio.get_running_loop()
+        ping: asyncio.Task[None] | None = None
         while True:
             await asyncio.sleep(self.PING_SECONDS)
-            self._out(lambda: self.layer.send(self.channel, {"type": PING}))
+            if ping is None or ping.done():
+                ping = asyncio.ensure_future(self._ping())
+                self._tasks.add(ping)
+                ping.add_done_callback(self._tasks.discard)
             if self.up and loop.time() - self._pinged_back > self.DOWN_AFTER:
                 self.up = False
                 metrics.BUS_OUTAGES.inc()
                 log.warning("the channel layer is unreachable; events stay within this process until it is back")
+
+    async def _ping(self) -> None:
+        try:
+            await self.layer.send(self.channel, {"type": PING})
+            _insist_on_cancellation()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The layer is away: no ping comes back, which is what _watch_layer looks for (and reports once).
+            log.debug("pinging the channel layer failed", exc_info=True)
 
     async def _recover(self) -> None:
         """The layer is back: join every group with local subscribers again (a Redis restart forgets them all),

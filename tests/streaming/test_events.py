@@ -204,3 +204,20 @@ async def test_leaving_while_the_join_is_under_way_leaves_the_layer_too(processe
     await asyncio.sleep(0.8)
     assert two.channel not in two.layer.groups.get("chat.conversation.h", set()), "the discard came after the join"
     assert not await crossed(one, "chat.conversation.h", inbox, "to nobody")
+
+
+async def test_a_backlog_of_publications_is_not_taken_for_an_outage(processes):
+    """Under load the outbox holds seconds of publications; the ping must not wait behind them, or a healthy
+    Redis would be reported gone (and every subscriber sent to the database on its 'return')."""
+    one, _ = processes
+    send = one.layer.group_send
+
+    async def slow(group: str, message: dict[str, Any]) -> None:
+        await asyncio.sleep(0.2)
+        await send(group, message)
+
+    one.layer.group_send = slow
+    for number in range(20):  # four seconds of backlog
+        one.publish("chat.conversation.i", events.delta("m", number, "x"))
+    await asyncio.sleep(2.0)
+    assert one.up, "Redis answered the pings all along"
