@@ -92,6 +92,11 @@ class Tab:
         self.nginx, self.session = nginx, session
         self.chat: ChatSocket | None = None
         self.connection = 0
+        # What the client has of each message (text, HTML, how much of the text the HTML covers), whichever
+        # socket brought it: every new socket continues from it, as the browser's page does.
+        self.texts: dict[str, str] = {}
+        self.html: dict[str, str] = {}
+        self.rendered: dict[str, int] = {}
 
     async def socket(self, deadline: float) -> ChatSocket:
         while self.chat is None:
@@ -102,20 +107,16 @@ class Tab:
             except (*BROKEN, AssertionError, KeyError):
                 await asyncio.sleep(0.5 + random.random())
                 continue
+            chat.texts, chat.html, chat.rendered = self.texts, self.html, self.rendered
             self.connection += 1
             self.chat = chat
         return self.chat
 
-    def carry(self, old: ChatSocket | None) -> None:
-        """Keeps what the client already has across a reconnect: the next socket resumes from it."""
-        if old is not None and self.chat is not None:
-            self.chat.texts, self.chat.html, self.chat.rendered = old.texts, old.html, old.rendered
-
-    async def broken(self) -> ChatSocket | None:
-        old, self.chat = self.chat, None
-        if old is not None:
-            old.ws.transport.abort()
-        return old
+    def drop(self) -> None:
+        """Aborts the socket's connection (if it is not gone already); the next `socket()` opens another."""
+        if self.chat is not None:
+            self.chat.ws.transport.abort()
+            self.chat = None
 
     async def ask(self, answer: Answer, conversation: str | None) -> str | None:
         """Sends until the answer exists, follows it to its `done`; returns the conversation."""
@@ -136,12 +137,12 @@ class Tab:
                 )
             except BROKEN:
                 answer.breaks += 1
-                self.carry(await self.broken())
+                self.drop()
                 retry = True
                 continue
             except AssertionError:
                 answer.violation = "while sending: " + self.describe(chat, answer)
-                await self.broken()  # what this client holds is no longer trustworthy: start afresh
+                self.drop()  # the user goes on in a new conversation, on a new socket
                 return None
             if event["type"] == "error":
                 if event["code"] in ("unavailable", "internal_error") and time.monotonic() < deadline:
@@ -159,7 +160,7 @@ class Tab:
                 done = await self._follow(chat, answer, answer.id, drop_at)
             except AssertionError:
                 answer.violation = "while following: " + self.describe(chat, answer)
-                await self.broken()
+                self.drop()
                 return None
             except BROKEN:
                 answer.breaks += 1
@@ -171,9 +172,8 @@ class Tab:
                     return conversation
                 answer.drops += 1  # the client aborted on purpose, once
                 drop_at = None
-            old = await self.broken()
+            self.drop()
             chat = await self.socket(deadline)
-            self.carry(old)
             answer.resumes += 1
             have = chat.texts.get(answer.id, "")
             resume = {"type": "resume", "message": answer.id, "offset": len(have)}
