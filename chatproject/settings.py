@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "drf_spectacular",
+    "accounts",
     "conversations",
     "streaming",
     # The simulator (its `devllm` management command); production code never imports it (see streaming.upstream).
@@ -177,6 +178,24 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "login"
+# Who may create an account: "closed" (staff create users in the admin), "invite" (a link from staff, see
+# Invitations in the admin) or "open" (anyone who reaches the sign-up page).
+SIGNUP_MODE = env_str("SIGNUP_MODE", "closed")
+if SIGNUP_MODE not in ("closed", "invite", "open"):
+    raise ImproperlyConfigured("SIGNUP_MODE must be closed, invite or open.")
+
+# Password-reset mail: printed to the log unless an SMTP server is configured.
+EMAIL_HOST = env_str("EMAIL_HOST")
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=EMAIL_PORT == 587)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", default=EMAIL_PORT == 465)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "chat@localhost")
 
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # Probes and scrapers talk to each process directly over plain HTTP.

@@ -1,7 +1,7 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from accounts import urls as account_urls
 from chatproject import probes
 from conversations import views
 from streaming.api import urls as api_urls
@@ -9,8 +9,7 @@ from streaming.api import urls as api_urls
 urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("c/<uuid:conversation_id>/", views.chat_page, name="conversation"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/", include(account_urls)),
     path("admin/", admin.site.urls),
     path("healthz", probes.healthz, name="healthz"),
     path("readyz", probes.readyz, name="readyz"),

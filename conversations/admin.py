@@ -163,24 +163,24 @@ class ConversationAdmin(admin.ModelAdmin):
         response["Content-Disposition"] = f'attachment; filename="conversations-{stamp}.{extension}"'
         return response
 
-    @admin.action(description="Export selected conversations as JSON")
+    @admin.action(description="Export selected conversations as JSON", permissions=["view"])
     def export_json(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
         conversations = selectors.conversations_for_export(conversation_ids=list(queryset.values_list("pk", flat=True)))
         return self._export(queryset, exports.export_json(conversations), "application/json", "json")
 
-    @admin.action(description="Export selected conversations as Markdown")
+    @admin.action(description="Export selected conversations as Markdown", permissions=["view"])
     def export_markdown(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
         conversations = selectors.conversations_for_export(conversation_ids=list(queryset.values_list("pk", flat=True)))
         return self._export(queryset, exports.export_markdown(conversations), "text/markdown; charset=utf-8", "md")
 
-    @admin.action(description="Flag selected conversations")
+    @admin.action(description="Flag selected conversations", permissions=["change"])
     def flag(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
         changed = services.conversations_set_flagged(
             conversation_ids=list(queryset.values_list("pk", flat=True)), flagged=True
         )
         self.message_user(request, f"Flagged {changed} conversation(s).", messages.SUCCESS)
 
-    @admin.action(description="Remove the flag from selected conversations")
+    @admin.action(description="Remove the flag from selected conversations", permissions=["change"])
     def unflag(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
         changed = services.conversations_set_flagged(
             conversation_ids=list(queryset.values_list("pk", flat=True)), flagged=False
@@ -213,6 +213,9 @@ class MessageAdmin(admin.ModelAdmin):
         return False  # read-only: the record of what was said
 
 
+USAGE_MAX_DAYS = 3660
+
+
 @admin.register(UserQuota)
 class UserQuotaAdmin(admin.ModelAdmin):
     list_display = ("user", "daily_tokens", "tokens_today", "max_concurrent_streams", "updated_at")
@@ -236,8 +239,10 @@ class UserQuotaAdmin(admin.ModelAdmin):
         """Tokens per user per UTC day, with each user's quota, for the last `days` days (default 30)."""
         if not self.has_view_permission(request):
             return HttpResponse(status=403)
-        days = int(request.GET["days"]) if request.GET.get("days", "").isdigit() else 30
-        since = selectors.day_start() - timedelta(days=max(days, 1) - 1)
+        given = request.GET.get("days", "")
+        # At most USAGE_MAX_DAYS: a larger number is a typo (or a probe) and would overflow the date arithmetic.
+        days = min(max(int(given), 1), USAGE_MAX_DAYS) if given.isdigit() and len(given) < 10 else 30
+        since = selectors.day_start() - timedelta(days=days - 1)
         rows = selectors.usage_per_user_per_day(since=since.date())
         quotas = {q.user_id: q for q in UserQuota.objects.filter(user_id__in={row["owner_id"] for row in rows})}
         for row in rows:
@@ -256,17 +261,17 @@ class UserQuotaAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
-    list_filter = ("revoked_at",)
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at")
+    list_filter = ("revoked_at", "expires_at")
     search_fields = ("name", "user__username", "prefix")
-    readonly_fields = ("user", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("user", "name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at")
     exclude = ("key_hash",)
     actions = ("revoke",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a key is shown only to the user who creates it (POST /api/v1/tokens/)
 
-    @admin.action(description="Revoke selected tokens")
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         changed = services.api_tokens_revoke(token_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Revoked {changed} token(s).", messages.SUCCESS)

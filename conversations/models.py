@@ -110,6 +110,7 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: the token works until revoked.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -132,3 +133,18 @@ class UserQuota(models.Model):
 
     def __str__(self) -> str:
         return f"quota of {self.user}"
+
+
+class Preferences(models.Model):
+    """A user's defaults for new conversations."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences")
+    default_model = models.CharField(max_length=200, blank=True, help_text="Empty: the server's first model.")
+    default_system_prompt = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "preferences"
+
+    def __str__(self) -> str:
+        return f"Preferences of {self.user}"

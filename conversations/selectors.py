@@ -16,7 +16,7 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from conversations.errors import NotFound
-from conversations.models import ApiToken, Conversation, Message, UserQuota
+from conversations.models import ApiToken, Conversation, Message, Preferences, UserQuota
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -201,8 +201,9 @@ def _pk(user: User) -> Any:
 
 
 def api_token_list_for_user(*, user: User) -> list[ApiToken]:
-    """The user's tokens that still work, newest first."""
-    return list(ApiToken.objects.filter(user_id=_pk(user), revoked_at__isnull=True))
+    """The user's tokens that still work (neither revoked nor expired), newest first."""
+    working = ApiToken.objects.filter(user_id=_pk(user), revoked_at__isnull=True)
+    return list(working.exclude(expires_at__lte=timezone.now()))
 
 
 def api_token_get_for_user(*, user: User, token_id: str) -> ApiToken:
@@ -263,3 +264,8 @@ def conversations_for_export(*, conversation_ids: list[Any]) -> list[Conversatio
 def message_state(*, message_id: str) -> Message | None:
     """An answer's row as it stands, for the engine (not user-scoped: the engine owns the generation)."""
     return Message.objects.filter(pk=message_id).only("status", "content").first()
+
+
+def preferences_for(*, user: User) -> Preferences:
+    """The user's defaults for new conversations; unsaved empty ones if they never set any."""
+    return Preferences.objects.filter(user_id=_pk(user)).first() or Preferences(user_id=_pk(user))

@@ -22,7 +22,7 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from conversations import selectors
+from conversations import selectors, signals
 from conversations.errors import (
     ChatError,
     ConversationBusy,
@@ -33,8 +33,8 @@ from conversations.errors import (
     TooManyRequests,
 )
 from conversations.markdown import render_markdown
-from conversations.models import ApiToken, Conversation, Message
-from conversations.options import TITLE_MAX_LENGTH, GenerationOptions
+from conversations.models import ApiToken, Conversation, Message, Preferences
+from conversations.options import MAX_SYSTEM_CHARS, TITLE_MAX_LENGTH, GenerationOptions, allowed_models
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -547,11 +547,17 @@ def api_key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
-    """Creates a personal API token; returns it and its key, which is not stored and cannot be shown again."""
+def api_token_create(*, user: User, name: str, expires_in_days: int | None = None) -> tuple[ApiToken, str]:
+    """Creates a personal API token (working until revoked, or for `expires_in_days`); returns it and its key,
+    which is not stored and cannot be shown again."""
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days is not None else None
     token = ApiToken.objects.create(
-        user_id=_owner_pk(user), name=name, prefix=key[: len(API_KEY_PREFIX) + 6], key_hash=api_key_hash(key)
+        user_id=_owner_pk(user),
+        name=name,
+        prefix=key[: len(API_KEY_PREFIX) + 6],
+        key_hash=api_key_hash(key),
+        expires_at=expires_at,
     )
     return token, key
 
@@ -562,16 +568,22 @@ def api_token_revoke(*, user: User, token_id: str) -> None:
 
 
 def api_tokens_revoke(*, token_ids: list[Any]) -> int:
-    """Revokes tokens (kept, for the record, but never accepted again); returns how many were still working."""
-    return ApiToken.objects.filter(pk__in=token_ids, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    """Revokes tokens (kept, for the record, but never accepted again); returns how many were still working.
+    Requests streaming with them end once this has committed (see signals.access_changed)."""
+    working = ApiToken.objects.filter(pk__in=token_ids, revoked_at__isnull=True)
+    user_ids = sorted(set(working.values_list("user_id", flat=True)))
+    revoked = working.update(revoked_at=timezone.now())
+    if user_ids:
+        transaction.on_commit(lambda: signals.access_changed.send(sender=ApiToken, user_ids=user_ids))
+    return revoked
 
 
 def api_token_authenticate(*, key: str) -> ApiToken | None:
     """The working token whose key this is (recording its use), or None."""
     token = selectors.api_token_get_by_hash(key_hash=api_key_hash(key))
-    if token is None or not token.user.is_active:
-        return None
     now = timezone.now()
+    if token is None or not token.user.is_active or (token.expires_at is not None and token.expires_at <= now):
+        return None
     if token.last_used_at is None or now - token.last_used_at > timedelta(seconds=API_TOKEN_TOUCH_SECONDS):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
@@ -652,3 +664,16 @@ def conversations_set_flagged(*, conversation_ids: list[Any], flagged: bool) -> 
 def conversation_review(*, conversation_id: Any, flagged: bool, reviewer_notes: str) -> None:
     """Saves a reviewer's flag and notes, without touching `updated_at` (see conversations_set_flagged)."""
     Conversation.objects.filter(pk=conversation_id).update(flagged=flagged, reviewer_notes=reviewer_notes)
+
+
+def preferences_update(*, user: User, default_model: str, default_system_prompt: str) -> Preferences:
+    """Sets the user's defaults for new conversations (the chat page starts a new chat with them)."""
+    if default_model and default_model not in allowed_models():
+        raise ValidationError({"default_model": "That model is not offered here."})
+    if len(default_system_prompt) > MAX_SYSTEM_CHARS:
+        raise ValidationError({"default_system_prompt": f"At most {MAX_SYSTEM_CHARS} characters."})
+    preferences, _ = Preferences.objects.update_or_create(
+        user_id=_owner_pk(user),
+        defaults={"default_model": default_model, "default_system_prompt": default_system_prompt},
+    )
+    return preferences

@@ -23,9 +23,15 @@ def chat_page(request: HttpRequest, conversation_id: uuid.UUID | None = None) ->
         except NotFound:
             raise Http404("No such conversation.") from None
     models, simulator = allowed_models(), using_simulator()
+    preferences = selectors.preferences_for(user=request.user)
     config = {
         "conversation": str(conversation_id) if conversation_id else None,
         "models": models,
+        # What a new chat starts with (the user's settings page sets them).
+        "defaults": {
+            "model": preferences.default_model if preferences.default_model in models else models[0],
+            "system": preferences.default_system_prompt,
+        },
         "simulator": simulator,
         "maxContent": settings.CHAT_MAX_CONTENT_CHARS,
     }

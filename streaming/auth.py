@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 Application = Any
 
 
-def _session_and_user(session_key: str | None) -> tuple[SessionBase, AbstractBaseUser | AnonymousUser]:
+def session_and_user(session_key: str | None) -> tuple[SessionBase, AbstractBaseUser | AnonymousUser]:
     session: SessionBase = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     # Django's own check (the backend, the session's auth hash, SECRET_KEY_FALLBACKS); it only reads
     # `request.session`.
@@ -51,7 +51,7 @@ class SessionAuthMiddleware:
         user: AbstractBaseUser | AnonymousUser | None = AnonymousUser()
         try:
             if session_key:
-                session, user = await orm(_session_and_user)(session_key)
+                session, user = await orm(session_and_user)(session_key)
         except Exception:
             log.warning("looking up a WebSocket's session failed", exc_info=True)
             user = None

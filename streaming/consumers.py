@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -22,7 +23,7 @@ from conversations.errors import ChatError
 from conversations.models import Message
 from conversations.payloads import conversation_payload, message_payload
 from conversations.services import Turn
-from streaming import events, lifecycle, metrics, protocol, sockets
+from streaming import access, events, lifecycle, metrics, protocol, sockets
 from streaming.actions import chat_cancel, chat_delete, chat_edit, chat_regenerate, chat_rename, chat_send
 from streaming.aio import Source, dispatch_in_order, orm
 from streaming.events import get_bus, user_group
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 # with many tabs starting answers would otherwise cost every tab a frame per answer start and end.
 LIST_COALESCE_SECONDS = 0.25
 LIST_FLUSH = "chat.list_flush"
+# A session's expiry is checked again at least this often, so that a date far off (or one that is moved) is
+# never a timer of weeks.
+EXPIRY_RECHECK_MAX_SECONDS = 3600.0
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -80,7 +84,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Takes an event of the user group from the bus; list changes only if this socket shows the list.
         (Its watcher has a bus subscription of its own, for its conversation.)"""
         kind = event["type"]
-        if kind == "gen.conversation_deleted" or (kind == "gen.conversation" and self.shows_list):
+        if kind in ("gen.conversation_deleted", events.ACCESS) or (kind == "gen.conversation" and self.shows_list):
             self.inbox.put_nowait(event)
 
     async def connect(self) -> None:
@@ -97,6 +101,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TOO_MANY_SOCKETS, reason="too many connections")
             return
         self.user = user
+        session = self.scope["session"]
+        self.credential = access.Credential(user_id=user.pk, session_key=session.session_key)
+        self.expiry: asyncio.TimerHandle | None = None
+        self.arm_expiry(session.get_expiry_date())
         self.renewed_at = time.monotonic()
         self.list_changes: dict[str, dict[str, Any]] = {}
         self.list_sent_at = 0.0
@@ -123,8 +131,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.released = True
             lifecycle.socket_closed(self)
             metrics.SOCKETS_OPEN.dec()
-            if self.list_flush is not None:
-                self.list_flush.cancel()
+            for timer in (self.list_flush, self.expiry):
+                if timer is not None:
+                    timer.cancel()
             await self.watcher.close()
             bus = get_bus()
             bus.leave(user_group(self.user.pk), self.bus_key)
@@ -146,6 +155,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         reaches the database only through streaming.aio.orm, and its bus events never touch it.
         """
         kind = message["type"]
+        if kind == events.RESYNC:
+            # Events crossing processes may have been lost meanwhile, a change of access among them.
+            await self.on_access(message)
         if kind in events.WATCHER_HANDLERS or kind == events.RESYNC:
             if self.watcher is not None:
                 try:
@@ -316,6 +328,33 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "has_more": has_more,
         }
         await self.emit(protocol.with_ref(event, request.id))
+
+    # --- access (streaming.access) -----------------------------------------------------------------------------
+
+    def arm_expiry(self, moment: datetime) -> None:
+        """Checks the session again when it expires (a session's expiry sends no event)."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+        delay = min(access.seconds_until(moment), EXPIRY_RECHECK_MAX_SECONDS)
+        self.expiry = asyncio.get_running_loop().call_later(delay, self.inbox.put_nowait, {"type": events.ACCESS})
+
+    async def on_access(self, event: dict[str, Any]) -> None:
+        """What let this socket in may have changed: closes it (4401) unless the session still lets it in."""
+        if self.closed or self.watcher is None:
+            return
+        try:
+            valid = await orm(access.still_valid)(self.credential)
+            expiry = await orm(access.session_expiry)(self.credential.session_key) if valid else None
+        except Exception:
+            # The database away: the socket stays (it was let in), and the next event or expiry checks again.
+            log.warning("checking a socket's access failed", exc_info=True)
+            return
+        if expiry is None:
+            log.info("closing a socket whose session no longer lets it in", extra={"user_id": self.user.pk})
+            await self.close(code=CLOSE_UNAUTHENTICATED, reason="signed out")
+            await self.release()
+            return
+        self.arm_expiry(expiry)
 
     # --- the user's list of conversations (user group events) ----------------------------------------------
 

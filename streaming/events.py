@@ -8,7 +8,8 @@ events; control requests (`gen.cancel`, `gen.resume`) go to a generation through
 
 Groups:
 - `chat.conversation.<id>`: every watcher of a conversation; the announcements of its rows and answers.
-- `chat.user.<id>`: every socket of a user; changes to the user's list of conversations.
+- `chat.user.<id>`: every socket and event stream of a user; changes to the user's list of conversations, and
+  `gen.access` when what lets them in may have changed (streaming.access).
 - `chat.generation.<message id>`: the engine running that answer; cancel and resume requests.
 
 How they travel (`Bus`, one per process): an event is handed to the subscribers of its group in this process
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
+from asgiref.sync import async_to_sync
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 
 from conversations.markdown import BlockPayload
@@ -185,6 +187,20 @@ def conversation_deleted(conversation_id: str) -> ConversationDeletedEvent:
     return {"type": "gen.conversation_deleted", "conversation": conversation_id}
 
 
+class AccessEvent(TypedDict):
+    """The user's sessions, tokens or account changed (a logout, a password change, a deactivation, a revoked
+    token): every connection of the user checks that what it was opened with still lets it in."""
+
+    type: Literal["gen.access"]
+
+
+ACCESS = "gen.access"
+
+
+def access_changed() -> AccessEvent:
+    return {"type": "gen.access"}
+
+
 # --- control group ------------------------------------------------------------------------------------------------
 
 
@@ -215,11 +231,11 @@ def resume_request(message_id: str, offset: int, rendered: int, reply_to: str) -
 # --- routing --------------------------------------------------------------------------------------------------------
 
 WatcherEvent = MessageEvent | DeltaEvent | ToolsEvent | DoneEvent | SupersededEvent
-ListEvent = ConversationEvent | ConversationDeletedEvent
+ListEvent = ConversationEvent | ConversationDeletedEvent | AccessEvent
 ControlRequest = CancelRequest | ResumeRequest
 
 # The one routing table: the handler of each event, on the Watcher (conversation group, resume replies) or on
-# the socket (the user's list); control requests go to the engine.
+# the socket (the user's list, its access); control requests go to the engine.
 WATCHER_HANDLERS = {
     "gen.message": "on_message",
     "gen.delta": "on_delta",
@@ -230,6 +246,7 @@ WATCHER_HANDLERS = {
 LIST_HANDLERS = {
     "gen.conversation": "on_conversation",
     "gen.conversation_deleted": "on_conversation_deleted",
+    ACCESS: "on_access",
 }
 CONTROL_HANDLERS = {
     "gen.cancel": "on_cancel",
@@ -533,6 +550,21 @@ class Bus:
 
 
 _buses: dict[asyncio.AbstractEventLoop, Bus] = {}
+
+
+def publish_from_thread(group: str, event: Any) -> None:
+    """Publishes from code outside the event loop (a Django view, a signal, a management command).
+
+    The bus of each running loop of this process gets the event on its own thread, and sends it on to other
+    processes; with no bus here (a management command, say), the event goes straight to the channel layer,
+    which reaches every process with a subscriber in the group (nothing to reach with the in-memory layer).
+    """
+    buses = [(loop, bus) for loop, bus in list(_buses.items()) if loop.is_running()]
+    for loop, bus in buses:
+        loop.call_soon_threadsafe(bus.publish, group, event)
+    layer = get_channel_layer()
+    if not buses and layer is not None and not isinstance(layer, InMemoryChannelLayer):
+        async_to_sync(layer.group_send)(group, {**event, "_group": group})
 
 
 def get_bus() -> Bus:

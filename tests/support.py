@@ -11,13 +11,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 import websockets
 from django.conf import settings
+from django.contrib.sessions.backends.base import SessionBase
 from django.db import connection
+from django.test import Client
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Origin
 
@@ -39,6 +42,15 @@ def require(service: str, available: bool) -> None:
 
 def unique() -> str:
     return uuid.uuid4().hex
+
+
+def logged_in_session(user: Any) -> SessionBase:
+    """A session in the database in which `user` is logged in, as after the login page."""
+    client = Client()
+    client.force_login(user)
+    store: SessionBase = import_module(settings.SESSION_ENGINE).SessionStore(client.cookies["sessionid"].value)
+    store.keys()  # read here, as the session middleware reads it: not from the event loop
+    return store
 
 
 class DevLLMThread:

@@ -15,7 +15,7 @@ from tests.support import ROOT
 LAYERS: list[list[str]] = [
     ["chatproject"],
     ["streaming.routing", "streaming.apps"],
-    ["streaming.consumers", "streaming.auth", "streaming.api"],
+    ["streaming.consumers", "streaming.access", "streaming.auth", "streaming.api"],
     ["streaming.actions", "streaming.watch"],
     ["streaming.lifecycle"],
     ["streaming.engine"],
@@ -30,10 +30,11 @@ LAYERS: list[list[str]] = [
         "streaming.layers",
         "streaming.metrics",
     ],
+    ["accounts"],
     ["conversations"],
     ["devllm"],
 ]
-PACKAGES = ("chatproject", "conversations", "streaming", "devllm")
+PACKAGES = ("chatproject", "accounts", "conversations", "streaming", "devllm")
 
 
 def layer_of(module: str) -> int:

@@ -31,6 +31,8 @@ const ui = {
   system: $("system"),
   announcer: $("announcer"),
   confirmDelete: $("confirm-delete"),
+  signedOut: $("signed-out"),
+  signInAgain: $("sign-in-again"),
 };
 
 const state = {
@@ -44,6 +46,7 @@ const state = {
   conversations: new Map(), // id -> conversation payload, for the sidebar
   query: "",
   listed: 0,
+  signedOut: false, // the server closed the socket: the session no longer lets this page in
 };
 
 const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -51,13 +54,14 @@ const connection = new Connection({
   url: `${scheme}://${location.host}/ws/chat/`,
   onEvent: handle,
   onState: showConnection,
-  onUnauthenticated: () => location.assign(`/accounts/login/?next=${encodeURIComponent(location.pathname)}`),
+  onUnauthenticated: showSignedOut,
 });
 
 // --- Events from the server ---------------------------------------------------------------------------
 
 const handlers = {
   ready() {
+    if (state.signedOut) signedInAgain();
     if (state.conversation) connection.send({ type: "open", conversation: state.conversation, id: "open" });
     listConversations(0);
   },
@@ -227,7 +231,7 @@ function setConversation(id, { push = false, reopen = true } = {}) {
   for (const item of ui.conversations.querySelectorAll("a[aria-current]")) item.removeAttribute("aria-current");
   if (id) ui.conversations.querySelector(`[data-id="${CSS.escape(id)}"] a`)?.setAttribute("aria-current", "page");
   if (id && reopen) connection.send({ type: "open", conversation: id, id: "open" });
-  if (!id) showConversationSettings({ model: config.models[0], temperature: null, system: "" });
+  if (!id) showConversationSettings({ model: config.defaults.model, temperature: null, system: config.defaults.system });
   closeSidebar();
   refresh();
 }
@@ -446,7 +450,7 @@ function request(frame) {
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
   const content = ui.input.value.trim();
-  if (!content || state.streaming) return;
+  if (!content || state.streaming || state.signedOut) return;
   if (content.length > config.maxContent) {
     showHint(`A message can have at most ${config.maxContent} characters.`, true);
     return;
@@ -498,7 +502,7 @@ function refresh() {
   state.streaming = answers.find((view) => view.status === "streaming")?.id ?? null;
   ui.stop.hidden = !state.streaming;
   ui.send.hidden = Boolean(state.streaming);
-  ui.send.disabled = !ui.input.value.trim();
+  ui.send.disabled = !ui.input.value.trim() || state.signedOut;
   const nodes = [...ui.messages.querySelectorAll(".message.assistant")];
   const latest = nodes.length ? state.views.get(nodes[nodes.length - 1].dataset.id) : null;
   for (const view of answers) view.setLatest(view === latest && !state.streaming);
@@ -525,11 +529,47 @@ function showConnection(kind, delay) {
   for (const view of state.pending.values()) view.setStatus(kind === "connected" ? "sending" : "queued");
 }
 
+// Signed out (a logout elsewhere, a password change, an expired session): the page stays as it is, and
+// what the user typed but the server never took is kept for after signing in again.
+const draftKey = () => `chat-draft:${location.pathname}`;
+function showSignedOut() {
+  state.signedOut = true;
+  const unsent = [...connection.unacknowledged.values()].filter((frame) => frame.type === "send");
+  const draft = [...unsent.map((frame) => frame.content), ui.input.value.trim()].filter(Boolean).join("\n\n");
+  if (draft) sessionStorage.setItem(draftKey(), draft);
+  ui.app.dataset.state = "signed-out";
+  ui.connection.textContent = "Signed out";
+  ui.signInAgain.href = `${ui.signInAgain.pathname}?next=${encodeURIComponent(location.pathname)}`;
+  ui.signedOut.hidden = false;
+  refresh();
+  announce("You were signed out.");
+}
+
+// Signed in again in another tab: the next look at this one finds out, and it carries on where it was.
+function signedInAgain() {
+  state.signedOut = false;
+  sessionStorage.removeItem(draftKey()); // the composer still holds it, and unsent messages go out again
+  ui.signedOut.hidden = true;
+  refresh();
+}
+document.addEventListener("visibilitychange", () => {
+  if (state.signedOut && document.visibilityState === "visible" && !connection.socket) connection.connect();
+});
+
+function restoreDraft() {
+  const draft = sessionStorage.getItem(draftKey());
+  if (!draft) return;
+  sessionStorage.removeItem(draftKey());
+  ui.input.value = draft;
+  autosize();
+}
+
 function announce(text) {
   if (text) ui.announcer.textContent = text;
 }
 
-showConversationSettings({ model: config.models[0], temperature: null, system: "" });
+showConversationSettings({ model: config.defaults.model, temperature: null, system: config.defaults.system });
+restoreDraft();
 connection.connect();
 refresh();
 // Exposed for tests and the screenshot script: the page's own view of its state.

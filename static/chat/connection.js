@@ -10,6 +10,7 @@ const CLOSE_SERVICE_RESTART = 4503; // that server process is stopping: reconnec
 // A ping every 25 s keeps proxies from closing an idle socket and tells the server the tab is alive; a
 // socket that has heard nothing for 60 s (pongs included) is presumed dead and replaced.
 const PING_MS = 25_000;
+const REAUTH_DELAY_MS = 1_000;
 const SILENCE_MS = 60_000;
 
 export class Connection {
@@ -80,10 +81,15 @@ export class Connection {
 
   closed(socket, close) {
     if (socket !== this.socket) return;
+    const wasReady = this.ready;
     this.ready = false;
     this.socket = null;
     if (close.code === CLOSE_UNAUTHENTICATED) {
-      this.onUnauthenticated();
+      // A socket that was let in and is now closed as signed out may belong to a browser still signed in
+      // under a new session (a password change here rotates the cookie, in a response that may still be on
+      // its way): one fresh handshake a moment later tells.
+      if (wasReady) this.timer = setTimeout(() => this.connect(), REAUTH_DELAY_MS);
+      else this.onUnauthenticated();
       return;
     }
     if (close.code === CLOSE_SERVICE_RESTART) this.attempt = 0;

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import renderers
+from rest_framework import exceptions, renderers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -26,6 +26,7 @@ from conversations.errors import ChatError, InvalidRequest
 from conversations.models import Message
 from conversations.options import MAX_SYSTEM_CHARS, GenerationOptions, allowed_models, content_from, options_from
 from conversations.payloads import error_payload, usage_payload
+from streaming.access import credential_of
 from streaming.actions import chat_import
 from streaming.aio import orm
 
@@ -180,7 +181,7 @@ class ChatCompletionsView(AsyncAPIView):
             content=completion.content,
             options=completion.options,
         )
-        follower = await start_and_follow(start, ref=None)
+        follower = await start_and_follow(start, ref=None, credential=credential_of(request))
         if completion.stream:
             try:
                 return await self._stream(request, follower, include_usage=completion.include_usage)
@@ -201,6 +202,8 @@ class ChatCompletionsView(AsyncAPIView):
         async for event in events:
             if event is None or event["type"] == "message":
                 continue
+            if event["type"] == "error":  # the request's token was revoked meanwhile
+                raise exceptions.AuthenticationFailed(event["message"])
             held.append(event)
             if event["type"] == "done" and event["status"] != Message.Status.COMPLETE:
                 raise _failure(event["status"], event.get("error"))
@@ -239,6 +242,9 @@ async def _chunks(
         async for event in all_events():
             if event is None:
                 yield KEEPALIVE
+            elif event["type"] == "error":  # the token was revoked: the stream ends, the answer goes on
+                yield envelope.data(error_body(event["code"], event["message"], status=401, openai=True))
+                return
             elif event["type"] == "delta" and event["message"] == follower.answer and event["text"]:
                 yield envelope.chunk({"content": event["text"]})
             elif event["type"] == "done" and event["message"] == follower.answer:

@@ -104,6 +104,7 @@ class TokenSchema(serializers.Serializer):
     prefix = serializers.CharField(help_text="The start of the key, to tell tokens apart.")
     created_at = serializers.DateTimeField()
     last_used_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True, help_text="Null: works until revoked.")
 
 
 class TokenCreatedSchema(TokenSchema):
@@ -112,3 +113,6 @@ class TokenCreatedSchema(TokenSchema):
 
 class TokenCreateSchema(serializers.Serializer):
     name = serializers.CharField(max_length=100)
+    expires_in_days = serializers.IntegerField(
+        min_value=1, max_value=3650, required=False, allow_null=True, help_text="Omitted or null: until revoked."
+    )

@@ -14,20 +14,31 @@ from typing import Any
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
+from rest_framework import exceptions
 
 from conversations.models import Message
 from conversations.services import Turn, User
-from streaming.aio import detached
+from streaming import events
+from streaming.access import Credential, still_valid
+from streaming.aio import detached, orm
 from streaming.watch import Watcher
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE = b": keep-alive\n\n"
+CHECK_ACCESS = "stream.check_access"
+SIGNED_OUT = "The session or API token of this request no longer lets it in; the answer goes on being written."
 
 
 class AnswerStream:
     """One HTTP client following one answer: a Watcher, the queue of bus events it handles, and the queue of
-    what it emits. `offset` is how much of the answer the client has been given, the `id:` of each event."""
+    what it emits. `offset` is how much of the answer the client has been given, the `id:` of each event.
+
+    Opened with the request's credential, the stream ends with an `unauthenticated` error as soon as that no
+    longer lets the client in (streaming.access); the answer itself goes on."""
+
+    credential: Credential | None = None
+    revoked = False
 
     def __init__(self) -> None:
         self.answer = ""  # the message whose `done` ends the stream
@@ -37,9 +48,20 @@ class AnswerStream:
         self._receiver: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def open(self) -> "AnswerStream":
+    async def open(self, credential: Credential | None = None) -> "AnswerStream":
         self.watcher = Watcher(emit=self._queue.put, deliver=self._inbox.put_nowait)
+        if credential is not None:
+            self.credential = credential
+            bus = events.get_bus()
+            self._bus_key = bus.register(self)
+            await bus.join(events.user_group(credential.user_id), self._bus_key, wait=False)
         return self
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Takes an event of the user's group from the bus: a change of access (or an outage of the layer, which
+        may have lost one) makes the stream check its credential."""
+        if event["type"] in (events.ACCESS, events.RESYNC) and not self._closed:
+            self._inbox.put_nowait({"type": CHECK_ACCESS})
 
     async def join(self, turn: Turn, ref: str | None) -> None:
         """Announces a turn's rows (with `ref`) and follows its answer."""
@@ -71,13 +93,16 @@ class AnswerStream:
                 continue
             self._advance(event)
             yield event
-            if event["type"] == "done" and event["message"] == self.answer:
+            if (event["type"] == "done" and event["message"] == self.answer) or self.revoked:
                 return
 
     async def wait(self) -> None:
-        """Waits for the answer's `done`, discarding the events before it."""
+        """Waits for the answer's `done`, discarding the events before it; fails (401) if the request's access
+        ends first."""
         async for _ in self.events(settings.API_KEEPALIVE_SECONDS):
             pass
+        if self.revoked:
+            raise exceptions.AuthenticationFailed(SIGNED_OUT)
 
     async def finish(self) -> None:
         """Waits for the answer's `done`, then stops watching."""
@@ -95,10 +120,26 @@ class AnswerStream:
     async def _receive(self) -> None:
         while not self._closed:
             event = await self._inbox.get()
+            if event["type"] == CHECK_ACCESS:
+                await self._check_access()
+                continue
             try:
                 await self.watcher.handle(event)
             except Exception:
                 log.warning("event stream dispatch failed", exc_info=True, extra={"kind": event.get("type")})
+
+    async def _check_access(self) -> None:
+        if self.credential is None or self.revoked:
+            return
+        try:
+            valid = await orm(still_valid)(self.credential)
+        except Exception:
+            # The database away: the stream goes on (it was let in), and the next change checks again.
+            log.warning("checking an event stream's access failed", exc_info=True)
+            return
+        if not valid:
+            self.revoked = True
+            await self._queue.put({"type": "error", "code": "unauthenticated", "message": SIGNED_OUT})
 
     async def close(self) -> None:
         """Stops watching (the generation goes on). Safe to call more than once."""
@@ -107,6 +148,10 @@ class AnswerStream:
         self._closed = True
         if self._receiver is not None:
             self._receiver.cancel()
+        if self.credential is not None:
+            bus = events.get_bus()
+            bus.leave(events.user_group(self.credential.user_id), self._bus_key)
+            bus.unregister(self._bus_key)
         await self.watcher.close()
 
 
@@ -137,15 +182,18 @@ async def _sse_body(stream: AnswerStream) -> AsyncIterator[bytes]:
         await stream.close()
 
 
-async def start_and_follow(start: Callable[..., Coroutine[Any, Any, Turn]], *, ref: str | None) -> AnswerStream:
+async def start_and_follow(
+    start: Callable[..., Coroutine[Any, Any, Turn]], *, ref: str | None, credential: Credential
+) -> AnswerStream:
     """Starts an answer with a chat action and follows it: the one way the HTTP API (REST and /v1) does both.
 
     `start` is the action with its arguments bound (functools.partial), short of `before_start`: that one
     subscribes the follower once the rows have committed and before the generation starts, so that it misses
     nothing; the rows are announced to it with `ref`. The action runs detached (see streaming.aio.detached).
-    The caller owns the returned stream and closes it (an SSE response does).
+    The caller owns the returned stream and closes it (an SSE response does). The stream ends when
+    `credential` no longer lets the client in.
     """
-    follower = await AnswerStream().open()
+    follower = await AnswerStream().open(credential)
 
     async def join(turn: Turn) -> None:
         await follower.join(turn, ref)

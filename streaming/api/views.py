@@ -30,6 +30,7 @@ from conversations.options import (
     using_simulator,
 )
 from conversations.payloads import conversation_payload, message_payload
+from streaming.access import credential_of
 from streaming.actions import chat_cancel, chat_delete, chat_send
 from streaming.aio import orm
 
@@ -283,7 +284,7 @@ async def _answer(
         content=content,
         options=options,
     )
-    follower = await start_and_follow(start, ref=client_id)
+    follower = await start_and_follow(start, ref=client_id, credential=credential_of(request))
     if stream:
         return sse_response(follower)
     await follower.finish()
@@ -315,7 +316,7 @@ class MessageStreamView(AsyncAPIView):
     )
     async def get(self, request: Request, message_id: str) -> Any:
         offset = _resume_offset(request)
-        follower = await AnswerStream().open()
+        follower = await AnswerStream().open(credential_of(request))
         try:
             await follower.resume(user=request.user, message_id=message_id, offset=offset)
         except BaseException:
@@ -387,6 +388,7 @@ def _token_payload(token: ApiToken) -> dict[str, Any]:
         "prefix": token.prefix,
         "created_at": token.created_at.isoformat(),
         "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+        "expires_at": token.expires_at.isoformat() if token.expires_at else None,
     }
 
 
@@ -403,10 +405,15 @@ class TokenListView(APIView):
         responses={201: schemas.TokenCreatedSchema, **ERRORS},
     )
     def post(self, request: Request) -> Response:
-        name = _object(request.data).get("name")
+        data = _object(request.data)
+        name, days = data.get("name"), data.get("expires_in_days")
         if not isinstance(name, str) or not name.strip() or len(name) > 100:
             raise InvalidRequest("'name' must be a non-blank string of at most 100 characters.", field="name")
-        token, key = services.api_token_create(user=request.user, name=name.strip())
+        if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650):
+            raise InvalidRequest(
+                "'expires_in_days' must be a whole number from 1 to 3650, or null.", field="expires_in_days"
+            )
+        token, key = services.api_token_create(user=request.user, name=name.strip(), expires_in_days=days)
         return Response({**_token_payload(token), "token": key}, status=201)
 
 

@@ -13,12 +13,14 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, update_last_login
+from django.contrib.sessions.backends.base import SessionBase
 
+from conversations import services
 from conversations.models import Message
 from streaming.consumers import ChatConsumer
 from streaming.protocol import CLOSE_UNAUTHENTICATED
-from tests.support import unique
+from tests.support import logged_in_session, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,6 +33,9 @@ class Client:
         self.communicator.scope["user"] = user
 
     async def connect(self) -> dict[str, Any]:
+        scope = self.communicator.scope
+        if "session" not in scope:  # what the session middleware would have found: a logged-in session
+            scope["session"] = await sync_to_async(logged_in_session)(scope["user"])
         connected, _ = await self.communicator.connect()
         assert connected
         return await self.recv()
@@ -234,3 +239,69 @@ async def test_a_late_announcement_from_another_process_is_taken_as_the_row_now_
     ]
     assert not watcher.watches, "an ended answer is not watched again"
     await watcher.close()
+
+
+# --- access that ends while the socket is open (streaming.access) ---------------------------------------------
+
+
+async def closed_with(chat: Client, timeout: float = 5) -> int:
+    """Reads the socket's output up to its close; returns the close code."""
+    while True:
+        output = await chat.communicator.receive_output(timeout)
+        if output["type"] == "websocket.close":
+            code: int = output["code"]
+            return code
+
+
+async def test_deactivating_a_user_closes_their_sockets_as_signed_out(engine, user):
+    chat = Client(user)
+    await chat.connect()
+    user.is_active = False
+    await sync_to_async(user.save)()
+    assert await closed_with(chat) == CLOSE_UNAUTHENTICATED
+
+
+async def test_a_password_change_closes_the_sockets_of_sessions_opened_before_it(engine, user):
+    chat = Client(user)
+    await chat.connect()
+    user.set_password("a new one")
+    await sync_to_async(user.save)()
+    assert await closed_with(chat) == CLOSE_UNAUTHENTICATED
+
+
+async def test_a_login_elsewhere_leaves_open_sockets_alone(engine, user):
+    chat = Client(user)
+    await chat.connect()
+    await sync_to_async(update_last_login)(type(user), user)  # what every login saves
+    await sync_to_async(logged_in_session)(user)  # and another session of the same user
+    await chat.send({"type": "ping", "id": "still"})
+    assert await chat.recv() == {"type": "pong", "ref": "still"}
+    await chat.close()
+
+
+async def test_a_socket_is_closed_when_its_session_expires(engine, user):
+    def short_session() -> SessionBase:
+        session = logged_in_session(user)
+        session.set_expiry(1)
+        session.save()
+        return session
+
+    chat = Client(user)
+    chat.communicator.scope["session"] = await sync_to_async(short_session)()
+    await chat.connect()
+    await chat.send({"type": "ping", "id": "before"})
+    assert await chat.recv() == {"type": "pong", "ref": "before"}
+    assert await closed_with(chat) == CLOSE_UNAUTHENTICATED
+
+
+async def test_revoking_an_unrelated_token_or_another_users_change_leaves_the_socket_open(engine, user):
+    chat = Client(user)
+    await chat.connect()
+    stranger = await sync_to_async(get_user_model().objects.create_user)(username=f"s-{unique()[:8]}")
+    stranger.is_active = False
+    await sync_to_async(stranger.save)()
+    token, _ = await sync_to_async(services.api_token_create)(user=user, name="cli")
+    await sync_to_async(services.api_tokens_revoke)(token_ids=[token.pk])  # the socket's session is untouched
+    await chat.send({"type": "ping", "id": "still"})
+    assert await chat.recv() == {"type": "pong", "ref": "still"}
+    await chat.close()
