@@ -8,14 +8,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - needs the app registry loaded above
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from streaming.auth import SessionAuthMiddleware  # noqa: E402
+from streaming.origin import OriginValidator  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(SessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        "websocket": OriginValidator(SessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -6,6 +6,7 @@ upstream (a simulator), so a fresh clone needs no configuration.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -67,6 +68,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "channels",
     "rest_framework",
     "drf_spectacular",
@@ -87,7 +89,12 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chatproject.nostore.NoStoreMiddleware",
+    # Last: it turns a login refused for too many failures into the lockout page (AXES_*).
+    "axes.middleware.AxesMiddleware",
 ]
+# Error reports (the DEBUG page, mails to admins) also hide the passwords inside URL settings.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "chatproject.errors.ReporterFilter"
 
 ROOT_URLCONF = "chatproject.urls"
 ASGI_APPLICATION = "chatproject.asgi.application"
@@ -175,6 +182,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Password guessing: after LOGIN_FAILURE_LIMIT wrong passwords for one username from one address, that pair is
+# locked out for LOGIN_LOCKOUT_MINUTES (the chat login and the admin login alike). Staff see the attempts and
+# lockouts in the admin (Axes) and lift one by deleting it. The address is REMOTE_ADDR, which daphne takes from
+# nginx's X-Forwarded-For with --proxy-headers (deploy/chat@.service); nginx also limits the rate per address.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
+AXES_VERBOSE = False
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "login"
@@ -291,6 +313,10 @@ CHAT_MAX_MESSAGES_PER_MINUTE = env_int("CHAT_MAX_MESSAGES_PER_MINUTE", 20)
 CHAT_MAX_SOCKETS_PER_USER = env_int("CHAT_MAX_SOCKETS_PER_USER", 20)
 CHAT_MAX_CONTENT_CHARS = env_int("CHAT_MAX_CONTENT_CHARS", 32_000)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 65_536)
+# Requests on one socket that start no answer (open, list and search, older pages, resume, rename, delete,
+# feedback): this many a second on average, in bursts of up to CHAT_SOCKET_REQUEST_BURST.
+CHAT_SOCKET_REQUESTS_PER_SECOND = env_float("CHAT_SOCKET_REQUESTS_PER_SECOND", 5.0)
+CHAT_SOCKET_REQUEST_BURST = env_int("CHAT_SOCKET_REQUEST_BURST", 60)
 CHAT_MAX_TOKENS_LIMIT = env_int("CHAT_MAX_TOKENS_LIMIT", 32_768)
 
 # --- HTTP API -------------------------------------------------------------------------------------------
@@ -301,7 +327,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["streaming.api.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "streaming.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

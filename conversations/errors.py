@@ -24,6 +24,10 @@ class InvalidRequest(ChatError):
     default_message = "The request is not valid."
 
 
+class InvalidJson(ChatError):
+    code = "invalid_json"
+
+
 class ContentTooLong(ChatError):
     code = "content_too_long"
     default_message = "The message is too long."

@@ -35,6 +35,7 @@ from conversations.errors import (
 from conversations.markdown import render_markdown
 from conversations.models import ApiToken, Conversation, Message, Preferences
 from conversations.options import MAX_SYSTEM_CHARS, TITLE_MAX_LENGTH, GenerationOptions, allowed_models
+from conversations.text import clean_title
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -56,7 +57,7 @@ class Turn:
 
 
 def title_from_content(content: str) -> str:
-    words = " ".join(content.split())
+    words = clean_title(content)
     if len(words) <= TITLE_LENGTH:
         return words
     cut = words[:TITLE_LENGTH].rsplit(" ", 1)[0] or words[:TITLE_LENGTH]
@@ -446,7 +447,7 @@ def _insert_sql(vendor: str, label: str, rows: int) -> str:
 
 def conversation_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
-    conversation.title = title[:TITLE_MAX_LENGTH]
+    conversation.title = clean_title(title)[:TITLE_MAX_LENGTH]
     conversation.save(update_fields=["title", "updated_at"])
     return conversation
 
@@ -604,7 +605,7 @@ def conversation_update(
     """Changes a conversation's title and settings (`None` keeps a value); they apply from the next answer on."""
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
     if title is not None:
-        conversation.title = title
+        conversation.title = clean_title(title)[:TITLE_MAX_LENGTH]
     _apply_options(conversation, options)
     conversation.save()
     return conversation

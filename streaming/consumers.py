@@ -17,6 +17,7 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from conversations import selectors, services
 from conversations.errors import ChatError
@@ -57,6 +58,28 @@ LIST_FLUSH = "chat.list_flush"
 # A session's expiry is checked again at least this often, so that a date far off (or one that is moved) is
 # never a timer of weeks.
 EXPIRY_RECHECK_MAX_SECONDS = 3600.0
+
+
+class Allowance:
+    """A token bucket: `burst` requests at once, then `per_second` on average."""
+
+    def __init__(self, per_second: float, burst: int) -> None:
+        self.per_second, self.burst = per_second, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_second)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+# What a socket may ask without limit here: requests that start answers have the user's own limits (answers
+# per minute, at once, tokens per day), a cancel must always get through, and a ping costs nothing.
+UNMETERED = (Send, Regenerate, Edit, Cancel, Ping)
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -101,6 +124,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TOO_MANY_SOCKETS, reason="too many connections")
             return
         self.user = user
+        self.allowance = Allowance(settings.CHAT_SOCKET_REQUESTS_PER_SECOND, settings.CHAT_SOCKET_REQUEST_BURST)
         session = self.scope["session"]
         self.credential = access.Credential(user_id=user.pk, session_key=session.session_key)
         self.expiry: asyncio.TimerHandle | None = None
@@ -203,6 +227,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise protocol.ProtocolError("binary_not_supported", "Frames must be JSON text, not binary.")
             request = protocol.parse_frame(text_data)
             ref = request.id
+            if not isinstance(request, UNMETERED) and not self.allowance.take():
+                raise protocol.ProtocolError(
+                    "too_many_requests",
+                    f"Too many requests on this connection: at most {settings.CHAT_SOCKET_REQUESTS_PER_SECOND:g} "
+                    "a second on average; wait a moment and try again.",
+                )
             await self.handle(request)
         except protocol.ProtocolError as exc:
             await self.emit(protocol.error_event(exc.code, exc.message, exc.ref or ref))

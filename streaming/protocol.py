@@ -26,6 +26,7 @@ from conversations.options import (
     using_simulator,
 )
 from conversations.payloads import ErrorPayload, conversation_payload, message_payload
+from conversations.text import UnstorableText, check_document, clean_title, may_need_check
 
 PROTOCOL_VERSION = 1
 
@@ -187,7 +188,7 @@ def _request(data: dict[str, Any], ref: str | None) -> Request:
         offset = fields.number("offset", low=0, high=2**31, integer=True) or 0
         return ListConversations(query=query.strip(), offset=int(offset), id=ref)
     if kind == "rename":
-        title = fields.required_string("title", max_length=TITLE_MAX_LENGTH).strip()
+        title = clean_title(fields.required_string("title", max_length=TITLE_MAX_LENGTH))
         if not title:
             raise fields.fail("title", "must not be blank")
         return Rename(conversation=_required_id(fields, "conversation"), title=title, id=ref)
@@ -226,6 +227,13 @@ def parse_frame(text: str) -> Request:
         data = json.loads(text)
     except ValueError:
         raise ProtocolError("invalid_json", "The frame is not valid JSON.") from None
+    except RecursionError:
+        raise ProtocolError("invalid_json", "The frame is nested too deeply.") from None
+    if may_need_check(text):
+        try:
+            check_document(data)
+        except UnstorableText as exc:
+            raise ProtocolError("invalid_request", str(exc)) from None
     return parse_request(data)
 
 

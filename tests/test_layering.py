@@ -15,7 +15,7 @@ from tests.support import ROOT
 LAYERS: list[list[str]] = [
     ["chatproject"],
     ["streaming.routing", "streaming.apps"],
-    ["streaming.consumers", "streaming.access", "streaming.auth", "streaming.api"],
+    ["streaming.consumers", "streaming.access", "streaming.origin", "streaming.auth", "streaming.api"],
     ["streaming.actions", "streaming.watch"],
     ["streaming.lifecycle"],
     ["streaming.engine"],

@@ -56,3 +56,34 @@ def test_zero_configuration_debug_start_uses_the_simulator():
     result = manage("shell", "-c", code, DJANGO_DEBUG="1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].split() == ["True", "['dev']", "django.db.backends.sqlite3"]
+
+
+def test_error_reports_hide_passwords_inside_url_settings():
+    """The DEBUG error page and admin mails list the settings: DATABASE_URL's password must not be among them."""
+    script = (
+        "import django; django.setup();"
+        "from django.views.debug import get_default_exception_reporter_filter as f;"
+        "s = f().get_safe_settings();"
+        "print(s['DATABASE_URL']); print(s['REDIS_URL']); print(s['LLM_BASE_URL'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            **PRODUCTION,
+            "DATABASE_URL": "postgres://chat:hunter2secret@db.internal:5432/chat",
+            "REDIS_URL": "redis://:redispass99@cache.internal:6379/0",
+            "LLM_BASE_URL": "https://user:llmpass77@llm.internal/v1",
+            "LLM_MODELS": "m",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout
+    for secret in ("hunter2secret", "redispass99", "llmpass77"):
+        assert secret not in shown
+    assert "postgres://chat:********************@db.internal:5432/chat" in shown
+    assert "https://user:********************@llm.internal/v1" in shown

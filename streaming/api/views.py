@@ -30,6 +30,7 @@ from conversations.options import (
     using_simulator,
 )
 from conversations.payloads import conversation_payload, message_payload
+from conversations.text import clean_title
 from streaming.access import credential_of
 from streaming.actions import chat_cancel, chat_delete, chat_send
 from streaming.aio import orm
@@ -87,7 +88,7 @@ def _title(data: dict[str, Any]) -> str | None:
     title = data.get("title")
     if title is not None and (not isinstance(title, str) or len(title) > TITLE_MAX_LENGTH):
         raise InvalidRequest(f"'title' must be a string of at most {TITLE_MAX_LENGTH} characters.", field="title")
-    return title.strip() if title is not None else None
+    return clean_title(title) if title is not None else None
 
 
 def _flag(data: dict[str, Any], field: str) -> bool:

@@ -291,3 +291,25 @@ async def test_smuggling_and_oversized_probes_are_refused_without_harming_others
     status, content = row(deployment, answer)
     assert (status, bystander.texts[answer]) == ("complete", content)
     await bystander.close()
+
+
+async def test_the_socket_origin_check_holds_through_nginx(deployment):
+    """nginx passes the Host as the client sent it (port included): the page's own origin opens a socket, the
+    same host on another port or scheme does not."""
+    session = deployment.session()
+    chat = await ChatSocket.connect(deployment.nginx, session)  # Origin: the nginx origin itself
+    await chat.close()
+    port = deployment.nginx.port
+    for wrong in (f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}", "http://127.0.0.1"):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await ChatSocket.connect(deployment.nginx, session, origin=wrong)
+        assert refused.value.response.status_code == 403, wrong
+
+
+async def test_nginx_limits_the_rate_of_login_attempts_per_address(deployment):
+    async with httpx.AsyncClient(base_url=deployment.nginx.origin, timeout=10) as client:
+        statuses = [(await client.get("/accounts/login/")).status_code for _ in range(25)]
+        assert statuses[:10] == [200] * 10  # a burst of 10 passes
+        assert 429 in statuses
+        # The rest of the site is not limited with it.
+        assert (await client.get("/healthz")).status_code == 200

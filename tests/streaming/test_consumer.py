@@ -109,6 +109,13 @@ async def test_ping_is_answered_with_its_id(client):
         ('{"type": "teleport"}', "unknown_type"),
         ('{"type": "send", "id": "s", "content": "   "}', "invalid_request"),
         ('{"type": "send", "id": "s", "content": "hi", "model": "secret"}', "model_not_allowed"),
+        # Nested past what a parser should follow (a 30,000-deep array): refused, not a server fault.
+        ("[" * 30_000 + "]" * 30_000, "invalid_json"),
+        ('{"type": "send", "id": "s", "content": ' + "[" * 5_000 + "]" * 5_000 + "}", "invalid_json"),
+        # Text no database can store: NUL, and an unpaired surrogate (each valid JSON).
+        ('{"type": "send", "id": "s", "content": "a\\u0000b"}', "invalid_request"),
+        ('{"type": "rename", "id": "r", "conversation": "x", "title": "\\ud800"}', "invalid_request"),
+        ('{"type": "conversations", "id": "l", "query": "\\udfff"}', "invalid_request"),
     ],
 )
 async def test_a_malformed_frame_gets_an_error_and_the_socket_goes_on(client, frame, code):
@@ -305,3 +312,31 @@ async def test_revoking_an_unrelated_token_or_another_users_change_leaves_the_so
     await chat.send({"type": "ping", "id": "still"})
     assert await chat.recv() == {"type": "pong", "ref": "still"}
     await chat.close()
+
+
+async def test_requests_that_start_no_answer_are_limited_per_socket_but_cancel_and_ping_are_not(engine, user, settings):
+    settings.CHAT_SOCKET_REQUESTS_PER_SECOND = 0.01
+    settings.CHAT_SOCKET_REQUEST_BURST = 3
+    chat = Client(user)
+    await chat.connect()
+    for n in range(3):
+        await chat.send({"type": "conversations", "id": f"l{n}", "query": "x"})
+        assert (await chat.recv())["type"] == "conversations"
+    await chat.send({"type": "conversations", "id": "l3", "query": "x"})
+    refused = await chat.recv()
+    assert (refused["type"], refused["code"], refused["ref"]) == ("error", "too_many_requests", "l3")
+    await chat.send({"type": "ping", "id": "p"})
+    assert await chat.recv() == {"type": "pong", "ref": "p"}
+    await chat.send({"type": "cancel", "id": "c", "message": str(uuid.uuid4())})
+    assert (await chat.recv())["code"] == "not_found"  # handled, not refused
+    await chat.close()
+
+
+async def test_a_renamed_title_loses_direction_overrides_and_a_blank_one_is_refused(client):
+    answer, _, _ = await client.answer("hello", "dev:tokens=3,ttft=0,tps=2000")
+    conversation = str((await sync_to_async(Message.objects.get)(pk=answer)).conversation_id)
+    await client.send({"type": "rename", "id": "r", "conversation": conversation, "title": "report\u202efdp.exe"})
+    renamed = await client.until("conversation")
+    assert renamed["conversation"]["title"] == "reportfdp.exe"
+    await client.send({"type": "rename", "id": "r2", "conversation": conversation, "title": "\u202e\u2066"})
+    assert (await client.until("conversation"))["code"] == "invalid_request"
