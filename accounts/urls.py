@@ -1,10 +1,12 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path, reverse_lazy
+from django.urls import include, path, reverse_lazy
 
 from accounts import views
 
 urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
+    # The name allauth's pages link to for logging in.
+    path("login/", views.LoginView.as_view(), name="account_login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/", views.settings_page, name="settings"),
     path("settings/preferences/", views.preferences_save, name="settings-preferences"),
@@ -40,4 +42,8 @@ urlpatterns = [
     ),
     path("signup/", views.signup, name="signup"),
     path("signup/<str:key>/", views.signup, name="signup-invited"),
+    # Single sign-on (accounts.sso): /accounts/oidc/<provider id>/login/ and its callback, and allauth's pages
+    # for a login that was cancelled or failed.
+    path("", include("allauth.socialaccount.providers.openid_connect.urls")),
+    path("sso/", include("allauth.socialaccount.urls")),
 ]

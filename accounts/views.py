@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
@@ -15,6 +16,7 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
 from accounts.forms import PreferencesForm, SignupForm, TokenForm, signup_mode
+from accounts.sso import sso_login_url
 from conversations import selectors as conversation_selectors
 from conversations import services as conversation_services
 from conversations.errors import NotFound
@@ -100,7 +102,13 @@ class LoginView(auth_views.LoginView):
     """Django's, with a link to sign up when anyone may."""
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        return {**super().get_context_data(**kwargs), "signup_open": signup_mode() == "open"}
+        context = super().get_context_data(**kwargs)
+        return {
+            **context,
+            "signup_open": signup_mode() == "open",
+            "sso_url": sso_login_url(),
+            "sso_name": settings.OIDC_NAME,
+        }
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):

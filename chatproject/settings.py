@@ -69,6 +69,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
+    # Single sign-on through OpenID Connect (OIDC_*): django-allauth's social accounts, nothing else of it.
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "channels",
     "rest_framework",
     "drf_spectacular",
@@ -88,6 +93,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "chatproject.nostore.NoStoreMiddleware",
     # Last: it turns a login refused for too many failures into the lockout page (AXES_*).
@@ -197,6 +203,41 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
 AXES_VERBOSE = False
 
+# Single sign-on: with OIDC_SERVER_URL (the issuer, or its .well-known/openid-configuration), OIDC_CLIENT_ID
+# and OIDC_CLIENT_SECRET, the login page offers "Log in with OIDC_NAME" beside local passwords. The product's
+# callback is /accounts/oidc/<OIDC_PROVIDER_ID>/login/callback/. A first SSO login creates the account
+# (OIDC_CREATE_USERS=0: only users who already signed in through it before), whatever SIGNUP_MODE says: the
+# identity provider decides who may come in.
+OIDC_SERVER_URL = env_str("OIDC_SERVER_URL")
+OIDC_PROVIDER_ID = env_str("OIDC_PROVIDER_ID", "sso")
+OIDC_NAME = env_str("OIDC_NAME", "single sign-on")
+OIDC_CREATE_USERS = env_bool("OIDC_CREATE_USERS", default=True)
+if OIDC_SERVER_URL and not (env_str("OIDC_CLIENT_ID") and env_str("OIDC_CLIENT_SECRET")):
+    raise ImproperlyConfigured("OIDC_SERVER_URL needs OIDC_CLIENT_ID and OIDC_CLIENT_SECRET.")
+SOCIALACCOUNT_PROVIDERS = {
+    "openid_connect": {
+        "APPS": [
+            {
+                "provider_id": OIDC_PROVIDER_ID,
+                "name": OIDC_NAME,
+                "client_id": env_str("OIDC_CLIENT_ID"),
+                "secret": env_str("OIDC_CLIENT_SECRET"),
+                "settings": {"server_url": OIDC_SERVER_URL, "oauth_pkce_enabled": True},
+            }
+        ]
+        if OIDC_SERVER_URL
+        else [],
+    }
+}
+SOCIALACCOUNT_ADAPTER = "accounts.sso.SingleSignOnAdapter"
+ACCOUNT_ADAPTER = "accounts.sso.NoAllauthSignupAdapter"
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_LOGIN_ON_GET = False  # the login page's button POSTs (with its CSRF token)
+SOCIALACCOUNT_STORE_TOKENS = False  # the provider's tokens are not needed after the login
+ACCOUNT_LOGIN_METHODS = {"username"}
+ACCOUNT_SIGNUP_FIELDS = ["username*", "email"]
+ACCOUNT_EMAIL_VERIFICATION = "none"  # the identity provider vouches for its users' addresses
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "login"
@@ -286,6 +327,16 @@ LLM_SIMULATOR = env_bool("LLM_SIMULATOR", default=not LLM_BASE_URL)
 LLM_MODELS = env_list("LLM_MODELS", "" if LLM_BASE_URL else "dev")
 if not LLM_MODELS:
     raise ImproperlyConfigured("LLM_MODELS must name at least one model when LLM_BASE_URL is set.")
+# The prompt budget (conversations.budget): the context size of each model, in tokens, and what of it is kept
+# for the answer when a request sets no max_tokens. LLM_MODEL_CONTEXT lists exceptions: "big=128000,small=4096".
+LLM_CONTEXT_TOKENS = env_int("LLM_CONTEXT_TOKENS", 32_768)
+LLM_MODEL_CONTEXT: dict[str, int] = {}
+for _item in env_list("LLM_MODEL_CONTEXT"):
+    _name, _, _size = _item.partition("=")
+    if not _name.strip() or not _size.strip().isdigit():
+        raise ImproperlyConfigured(f"LLM_MODEL_CONTEXT entries are model=tokens, got {_item!r}")
+    LLM_MODEL_CONTEXT[_name.strip()] = int(_size)
+CHAT_ANSWER_RESERVE_TOKENS = env_int("CHAT_ANSWER_RESERVE_TOKENS", 4096)
 LLM_CONNECT_TIMEOUT = env_float("LLM_CONNECT_TIMEOUT", 10.0)
 LLM_STALL_SECONDS = env_float("LLM_STALL_SECONDS", 60.0)
 LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 2)

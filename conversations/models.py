@@ -66,6 +66,9 @@ class Message(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     feedback = models.CharField(max_length=8, choices=Feedback.choices, blank=True)
+    context_left_out = models.PositiveIntegerField(
+        default=0, help_text="Earlier messages left out of this answer's prompt to fit the model's context."
+    )
 
     # A generation holds a lease it renews at each checkpoint; a `streaming` row whose lease ran out belongs
     # to a dead process and is swept to `interrupted`.

@@ -79,6 +79,7 @@ def message_fields(message: Message) -> dict[str, Any]:
         "error": error_payload(message.error_code, message.error_message),
         "tool_calls": message.tool_calls,
         "feedback": message.feedback or None,
+        "context_left_out": message.context_left_out,
         "created_at": iso(message.created_at),
     }
 

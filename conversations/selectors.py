@@ -15,6 +15,7 @@ from django.db.models import Count, Exists, OuterRef, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
+from conversations import budget
 from conversations.errors import NotFound
 from conversations.models import ApiToken, Conversation, Message, Preferences, UserQuota
 
@@ -153,8 +154,10 @@ def conversation_prompt(
 
 
 def message_prompt(*, message: Message) -> list[dict[str, Any]]:
-    """The chat messages sent upstream to produce `message`: system prompt, then the live turns before it."""
-    return conversation_prompt(conversation=message.conversation, before_seq=message.seq)
+    """The chat messages sent upstream to produce `message`: system prompt, then the live turns before it, less
+    the earliest ones it was created without (to fit the model's context, see conversations.budget)."""
+    prompt = conversation_prompt(conversation=message.conversation, before_seq=message.seq)
+    return budget.without_left_out(prompt, message.context_left_out)
 
 
 HISTORY_PAGE = 50

@@ -22,7 +22,7 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from conversations import selectors, signals
+from conversations import budget, selectors, signals
 from conversations.errors import (
     ChatError,
     ConversationBusy,
@@ -134,6 +134,7 @@ def _new_user_message(*, conversation: Conversation, seq: int, content: str, cli
 
 
 def _new_answer(*, conversation: Conversation, seq: int, max_tokens: int | None, client_id: str) -> Message:
+    """A `streaming` answer; its prompt is fitted to the model's context (_fit_prompt) before it is saved."""
     return Message(
         conversation=conversation,
         owner_id=conversation.owner_id,
@@ -146,6 +147,14 @@ def _new_answer(*, conversation: Conversation, seq: int, max_tokens: int | None,
         client_id=client_id,
         lease_expires_at=_lease_deadline(),
     )
+
+
+def _fit_prompt(answer: Message, prompt: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prompt of `answer` within its model's budget; the answer records how many earlier messages it left
+    out, so that whoever builds its prompt again (the generation) leaves out the same ones."""
+    fitted = budget.fit(prompt, model=answer.model, max_tokens=answer.max_tokens)
+    answer.context_left_out = fitted.left_out
+    return fitted.messages
 
 
 def _apply_options(conversation: Conversation, options: GenerationOptions) -> None:
@@ -241,6 +250,7 @@ def message_send(
             conversation.save(update_fields=["title", "model", "temperature", "system_prompt", "updated_at"])
         user_message = _new_user_message(conversation=conversation, seq=seq + 1, content=content, client_id=client_id)
         answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
+        prompt = _fit_prompt(answer, prompt)
         _insert([user_message, answer])
         return Turn(
             conversation=conversation, user_message=user_message, assistant_message=answer, created=True, prompt=prompt
@@ -268,6 +278,7 @@ def message_regenerate(*, user: User, message_id: str, client_id: str, options: 
             max_tokens=options.max_tokens if options.max_tokens is not None else message.max_tokens,
             client_id=client_id,
         )
+        prompt = _fit_prompt(answer, selectors.conversation_prompt(conversation=conversation, before_seq=answer.seq))
         answer.save(force_insert=True)
         return Turn(
             conversation=conversation,
@@ -275,7 +286,7 @@ def message_regenerate(*, user: User, message_id: str, client_id: str, options: 
             assistant_message=answer,
             created=True,
             superseded=(str(message.pk),),
-            prompt=selectors.message_prompt(message=answer),
+            prompt=prompt,
         )
 
     return _idempotent(user, client_id, create)
@@ -301,6 +312,8 @@ def message_edit(*, user: User, message_id: str, content: str, client_id: str, o
         replaced.update(superseded_at=timezone.now())
         user_message = _new_user_message(conversation=conversation, seq=seq + 1, content=content, client_id=client_id)
         answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
+        earlier = selectors.conversation_prompt(conversation=conversation, before_seq=user_message.seq)
+        prompt = _fit_prompt(answer, [*earlier, {"role": "user", "content": content}])
         Message.objects.bulk_create([user_message, answer])
         return Turn(
             conversation=conversation,
@@ -308,7 +321,7 @@ def message_edit(*, user: User, message_id: str, content: str, client_id: str, o
             assistant_message=answer,
             created=True,
             superseded=superseded,
-            prompt=selectors.message_prompt(message=answer),
+            prompt=prompt,
         )
 
     return _idempotent(user, client_id, create)

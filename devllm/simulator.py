@@ -256,6 +256,7 @@ class RequestRecord:
     key: str
     prompt: str  # the last user message
     started: float  # time.monotonic()
+    messages: int = 0  # how many messages the request sent (system prompt included)
     tokens_sent: int = 0
     outcome: Outcome = "streaming"
     ended: float | None = None
@@ -276,9 +277,9 @@ class DevStats:
     _seq: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, *, model: str, key: str, prompt: str) -> RequestRecord:
+    def add(self, *, model: str, key: str, prompt: str, messages: int = 0) -> RequestRecord:
         with self._lock:
-            record = RequestRecord(next(self._seq), model, key, prompt, time.monotonic())
+            record = RequestRecord(next(self._seq), model, key, prompt, time.monotonic(), messages=messages)
             self.records.append(record)
             return record
 
@@ -512,7 +513,7 @@ class DevLLM:
             message = f"Bad simulator options in {model!r}: {exc}"
             await _send_json(writer, 400, _error(message, "invalid_request_error", "invalid_model_options"), headers)
             return True
-        record = self.stats.add(model=model, key=options.key, prompt=_last_user_text(messages))
+        record = self.stats.add(model=model, key=options.key, prompt=_last_user_text(messages), messages=len(messages))
         if name not in self.models:
             record.end("error")
             message = f"The model {name!r} does not exist (devllm simulator serves {', '.join(self.models)})."

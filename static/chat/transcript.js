@@ -106,6 +106,11 @@ export class MessageView {
     this.actions.append(button("Copy", "copy", { title: "Copy this answer" }), this.feedbackUp, this.feedbackDown);
     this.meta.append(this.statusNode, this.usageNode, this.actions);
     if (this.simulator) this.meta.append(element("span", "simulated", "simulated"));
+    if (payload.context_left_out) {
+      const count = payload.context_left_out;
+      const note = `${count} earlier message${count === 1 ? " was" : "s were"} left out to fit the model's context`;
+      this.meta.append(element("span", "left-out", note));
+    }
   }
 
   insertHTML(markup) {

@@ -44,6 +44,9 @@ class MessageSchema(serializers.Serializer):
     error = AnswerErrorSchema(allow_null=True)
     tool_calls = serializers.ListField(child=serializers.DictField())
     feedback = serializers.ChoiceField(choices=["up", "down"], allow_null=True)
+    context_left_out = serializers.IntegerField(
+        help_text="Earlier messages left out of this answer's prompt to fit the model's context (0: none)."
+    )
     created_at = serializers.DateTimeField()
 
 

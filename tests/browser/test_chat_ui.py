@@ -272,3 +272,21 @@ def test_someone_elses_conversation_is_a_404(daphne, login, make_user):
     response = page.goto(f"{daphne.origin}/c/{turn.conversation.pk}/")
     assert response is not None and response.status == 404
     assert "private" not in page.content()
+
+
+def test_an_answer_says_when_earlier_messages_were_left_out_to_fit_the_context(daphne_factory, login):
+    server = daphne_factory(LLM_CONTEXT_TOKENS="600", CHAT_ANSWER_RESERVE_TOKENS="100")
+    _, context = login(server)
+    page = context.new_page()
+    page.goto(server.origin + "/")
+    page.wait_for_function("() => window.chat.connection.ready")
+    use_model(page, "dev:tokens=5,ttft=0,tps=2000")
+    answers: list[str] = []
+    for number in range(5):
+        send(page, f"turn {number} " + "w" * 400)
+        answers.append(latest_answer(page, after=answers))
+        wait_for_status(page, answers[-1], "complete")
+    first, last = (page.locator(f'.message[data-id="{answer}"] .left-out') for answer in (answers[0], answers[-1]))
+    assert first.count() == 0
+    assert re.fullmatch(r"\d+ earlier messages? (was|were) left out to fit the model's context", last.inner_text())
+    assert saved(answers[-1]).context_left_out > 0

@@ -340,3 +340,24 @@ async def test_a_renamed_title_loses_direction_overrides_and_a_blank_one_is_refu
     assert renamed["conversation"]["title"] == "reportfdp.exe"
     await client.send({"type": "rename", "id": "r2", "conversation": conversation, "title": "\u202e\u2066"})
     assert (await client.until("conversation"))["code"] == "invalid_request"
+
+
+async def test_a_long_conversation_sends_the_model_what_fits_and_says_how_much_was_left_out(client, llm, settings):
+    settings.LLM_CONTEXT_TOKENS, settings.CHAT_ANSWER_RESERVE_TOKENS = 600, 100
+    settings.CHAT_MAX_MESSAGES_PER_MINUTE = 100
+    conversation: str | None = None
+    for number in range(6):
+        key = unique()
+        frame: dict[str, Any] = {"type": "send", "id": unique(), "content": f"turn {number} " + "w" * 400}
+        frame |= {"model": f"dev:tokens=5,ttft=0,tps=2000,key={key}", "conversation": conversation}
+        await client.send(frame)
+        announced = await client.until("message")
+        while announced["message"]["role"] != "assistant":
+            announced = await client.until("message")
+        conversation = announced["message"]["conversation"]
+        assert (await client.until("done"))["status"] == "complete"
+    [record] = llm.stats.find(key)
+    left_out = announced["message"]["context_left_out"]
+    assert left_out > 0, "the last turns no longer fit 500 tokens"
+    assert record.messages == 2 * 6 - 1 - left_out
+    assert record.prompt.startswith("turn 5 ")
