@@ -150,6 +150,8 @@ class ConversationListView(APIView):
     )
     def get(self, request: Request) -> Response:
         query = request.query_params.get("search", "").strip()[:200]
+        if "\x00" in query:  # PostgreSQL refuses NUL in text (a query string can spell it: %00)
+            raise InvalidRequest("'search' must not contain NUL characters.", field="search")
         offset = _query_int(request, "offset", default=0, low=0, high=2**31) or 0
         limit = _query_int(request, "limit", default=CONVERSATION_PAGE, low=1, high=MAX_PAGE) or CONVERSATION_PAGE
         page, has_more = selectors.conversation_list_for_user(

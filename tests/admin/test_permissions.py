@@ -93,3 +93,10 @@ def test_usage_days_out_of_range_is_clamped_not_a_server_error(alice):
         page = viewer.get(f"/admin/conversations/userquota/usage/?days={days}")
         assert page.status_code == 200, days
         assert 1 <= page.context["days"] <= 3660
+
+
+@pytest.mark.parametrize("path", [CONVERSATIONS, TOKENS, USERS, "/admin/conversations/message/"])
+def test_an_admin_search_with_nul_lists_instead_of_failing(alice, path):
+    staff = Client()
+    staff.force_login(get_user_model().objects.create_superuser(username="root", password="x"))
+    assert staff.get(f"{path}?q=ali%00ce").status_code == 200

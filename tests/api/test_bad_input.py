@@ -52,6 +52,16 @@ def test_text_no_database_can_store_is_a_400(api, body):
     assert not Conversation.objects.exists()
 
 
+def test_a_nul_in_the_search_query_is_a_400(api):
+    response = api.get("/api/v1/conversations/?search=a%00b")
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid_request",
+        "message": "'search' must not contain NUL characters.",
+        "field": "search",
+    }
+
+
 def test_v1_text_no_database_can_store_is_an_openai_shaped_400(api):
     body = json.dumps({"model": "dev", "messages": [{"role": "user", "content": "x"}]}).replace('"x"', '"x\\u0000"')
     response = post(api, "/v1/chat/completions", body)
