@@ -198,3 +198,11 @@ async def detached(action: Coroutine[Any, Any, T]) -> T:
     _detached.add(task)
     task.add_done_callback(_detached.discard)
     return await asyncio.shield(task)
+
+
+def spawn(action: Coroutine[Any, Any, Any]) -> None:
+    """Starts an action that must run to its end even though the request that wants it is being cancelled (a
+    client that went away), in a fresh context as `detached` does, without waiting for it."""
+    task = asyncio.create_task(action, context=contextvars.Context())
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)

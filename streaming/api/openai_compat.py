@@ -7,6 +7,7 @@ and the answer its last turn. Errors take OpenAI's shape (our `code`, plus `type
 raise their own exception types: 401 AuthenticationError, 400 BadRequestError, 429 RateLimitError, …
 """
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from conversations.models import Message
 from conversations.options import MAX_SYSTEM_CHARS, GenerationOptions, allowed_models, content_from, options_from
 from conversations.payloads import error_payload, usage_payload
 from streaming.access import credential_of
-from streaming.actions import chat_import
-from streaming.aio import orm
+from streaming.actions import chat_cancel, chat_import
+from streaming.aio import orm, spawn
 
 from .authentication import ApiTokenAuthentication
 from .base import AsyncAPIView
@@ -185,10 +186,16 @@ class ChatCompletionsView(AsyncAPIView):
         if completion.stream:
             try:
                 return await self._stream(request, follower, include_usage=completion.include_usage)
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    _abandoned(request, follower)
                 await follower.close()
                 raise
-        await follower.finish()
+        try:
+            await follower.finish()
+        except asyncio.CancelledError:
+            _abandoned(request, follower)
+            raise
         answer = await orm(selectors.message_get_for_user)(user=request.user, message_id=follower.answer)
         if answer.status != Message.Status.COMPLETE:
             raise _failure(answer.status, error_payload(answer.error_code, answer.error_message))
@@ -210,7 +217,7 @@ class ChatCompletionsView(AsyncAPIView):
             if event["type"] in ("delta", "done"):
                 break
         answer = await orm(selectors.message_get_for_user)(user=request.user, message_id=follower.answer)
-        body = _chunks(follower, events, held, _Envelope(answer), include_usage=include_usage)
+        body = _chunks(request, follower, events, held, _Envelope(answer), include_usage=include_usage)
         response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -223,7 +230,16 @@ class ChatCompletionsView(AsyncAPIView):
         return response
 
 
+def _abandoned(request: Request, follower: AnswerStream) -> None:
+    """The client went away before its answer ended (Django cancels a request whose client disconnects): the
+    answer is cancelled, as closing an OpenAI stream stops the model. Its text so far is kept, the upstream
+    request is closed and the user's concurrency slot is free again."""
+    if follower.answer:
+        spawn(chat_cancel(user=request.user, message_id=follower.answer))
+
+
 async def _chunks(
+    request: Request,
     follower: AnswerStream,
     events: AsyncIterator[dict[str, Any] | None],
     held: list[dict[str, Any]],
@@ -237,17 +253,20 @@ async def _chunks(
         async for event in events:
             yield event
 
+    ended = False  # by the answer's end, or by the server (a revoked token): not by the client going away
     try:
         yield envelope.chunk({"role": "assistant", "content": ""})
         async for event in all_events():
             if event is None:
                 yield KEEPALIVE
             elif event["type"] == "error":  # the token was revoked: the stream ends, the answer goes on
+                ended = True
                 yield envelope.data(error_body(event["code"], event["message"], status=401, openai=True))
                 return
             elif event["type"] == "delta" and event["message"] == follower.answer and event["text"]:
                 yield envelope.chunk({"content": event["text"]})
             elif event["type"] == "done" and event["message"] == follower.answer:
+                ended = True
                 if event["status"] != Message.Status.COMPLETE:
                     failure = _failure(event["status"], event.get("error"))
                     yield envelope.data(error_body(failure.code, failure.message, status=failure.status, openai=True))
@@ -258,6 +277,8 @@ async def _chunks(
                 yield b"data: [DONE]\n\n"
                 return
     finally:
+        if not ended:
+            _abandoned(request, follower)
         await follower.close()
 
 
