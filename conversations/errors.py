@@ -7,9 +7,13 @@ class ChatError(Exception):
     code = "chat_error"
     default_message = "The request could not be served."
 
-    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, field: str | None = None, retry_after: int | None = None) -> None:
         self.message = message or self.default_message
         self.field = field  # the request field at fault, when there is one (HTTP errors name it)
+        # For a limit: seconds after which the same request can succeed (HTTP sends it as Retry-After), and the
+        # limit itself as OpenAI's x-ratelimit-* headers name it: {"requests" | "tokens": (limit, remaining)}.
+        self.retry_after = retry_after
+        self.limits: dict[str, tuple[int, int]] = {}
         super().__init__(self.message)
 
 
@@ -26,6 +30,11 @@ class InvalidRequest(ChatError):
 
 class InvalidJson(ChatError):
     code = "invalid_json"
+
+
+class ContextLengthExceeded(ChatError):
+    code = "context_length_exceeded"
+    default_message = "The messages are longer than the model's context."
 
 
 class ContentTooLong(ChatError):

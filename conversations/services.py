@@ -85,18 +85,30 @@ def _check_can_generate(*, user: User, conversation_id: Any) -> None:
         raise ConversationBusy
     per_minute = settings.CHAT_MAX_MESSAGES_PER_MINUTE
     if activity.started >= per_minute:
-        raise TooManyRequests(f"You can start {per_minute} answers a minute; wait a moment and try again.")
+        # A minute from now the window surely has room again (sooner, if the oldest answer in it is older).
+        busy = TooManyRequests(
+            f"You can start {per_minute} answers a minute; wait a moment and try again.", retry_after=60
+        )
+        busy.limits["requests"] = (per_minute, 0)
+        raise busy
     limit = activity.max_concurrent_streams
     if activity.streaming >= limit:
-        raise TooManyGenerations(f"You already have {limit} answers being written; wait for one to finish or stop it.")
+        # When one of them ends is not known; answers usually take seconds.
+        raise TooManyGenerations(
+            f"You already have {limit} answers being written; wait for one to finish or stop it.", retry_after=5
+        )
     if activity.daily_tokens is not None:
         # Usage is known only once an answer ends, so an answer started under the quota may finish past it.
         used = selectors.user_tokens_today(user=user)
         if used >= activity.daily_tokens:
-            raise QuotaExceeded(
+            renewal = selectors.day_start() + timedelta(days=1)
+            spent = QuotaExceeded(
                 f"You have used {used} of your {activity.daily_tokens} tokens for today; "
-                "the quota renews at midnight UTC."
+                "the quota renews at midnight UTC.",
+                retry_after=max(1, int((renewal - timezone.now()).total_seconds()) + 1),
             )
+            spent.limits["tokens"] = (activity.daily_tokens, 0)
+            raise spent
 
 
 def _conversation_pk(conversation_id: str | None) -> uuid.UUID | None:

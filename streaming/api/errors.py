@@ -9,7 +9,9 @@ The OpenAI-compatible endpoint adds OpenAI's `type` and `param` to the same obje
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -35,6 +37,8 @@ STATUS_BY_CODE = {
     "too_many_generations": 429,
     "quota_exceeded": 429,
     "too_many_requests": 429,
+    "context_length_exceeded": 400,
+    "request_too_large": 413,
     "internal_error": 500,
     "unavailable": 503,
 }
@@ -91,6 +95,9 @@ def describe(exc: Exception) -> tuple[str, str, str | None, int]:
         return exc.code, exc.message, None, exc.status
     if isinstance(exc, ChatError):
         return exc.code, exc.message, exc.field, STATUS_BY_CODE.get(exc.code, 400)
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return "request_too_large", f"The request body is larger than {limit} bytes.", None, 413
     if isinstance(exc, Http404):
         return "not_found", "No such conversation or message.", None, 404
     if isinstance(exc, DjangoPermissionDenied):
@@ -115,4 +122,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     auth_header = getattr(exc, "auth_header", None)
     if auth_header:
         response["WWW-Authenticate"] = auth_header
+    if isinstance(exc, ChatError):
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        for kind, (limit, remaining) in exc.limits.items():
+            # OpenAI's names: the SDKs and client libraries read these to pace themselves.
+            response[f"x-ratelimit-limit-{kind}"] = str(limit)
+            response[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            if exc.retry_after is not None:
+                response[f"x-ratelimit-reset-{kind}"] = f"{exc.retry_after}s"
     return response

@@ -22,8 +22,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from conversations import selectors
-from conversations.errors import ChatError, InvalidRequest
+from conversations import budget, selectors
+from conversations.errors import ChatError, ContextLengthExceeded, InvalidRequest
 from conversations.models import Message
 from conversations.options import MAX_SYSTEM_CHARS, GenerationOptions, allowed_models, content_from, options_from
 from conversations.payloads import error_payload, usage_payload
@@ -78,7 +78,7 @@ def parse_completion(body: dict[str, Any]) -> Completion:
     for unsupported in ("tools", "functions"):
         if body.get(unsupported):
             raise InvalidRequest(f"'{unsupported}' is not supported by this server.", field=unsupported)
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):  # SDKs send null for "the default"
         raise InvalidRequest("Only one choice ('n': 1) is supported.", field="n")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     options = options_from({"model": body["model"], "temperature": body.get("temperature"), "max_tokens": max_tokens})
@@ -107,15 +107,30 @@ def parse_completion(body: dict[str, Any]) -> Completion:
     system_prompt = "\n\n".join(system)
     if len(system_prompt) > MAX_SYSTEM_CHARS:
         raise InvalidRequest(f"System messages are limited to {MAX_SYSTEM_CHARS} characters.", field="messages")
+    _check_context(options, [system_prompt, *(text for _, text in turns)])
     stream_options = body.get("stream_options") or {}
     return Completion(
         system=system_prompt,
         history=turns[:-1],
         content=content,
         options=options,
-        stream=_flag(body, "stream"),
+        stream=body.get("stream") is not None and _flag(body, "stream"),
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
     )
+
+
+def _check_context(options: GenerationOptions, texts: list[str]) -> None:
+    """A client's whole prompt must fit the model's context with room for the answer (conversations.budget):
+    unlike the chat, whose own history is trimmed to fit, a client's messages are sent as given or refused."""
+    model = options.model or ""
+    room = budget.context_tokens(model) - budget.answer_reserve(model, options.max_tokens)
+    used = sum(budget.estimate_tokens(text) for text in texts if text)
+    if used > room:
+        raise ContextLengthExceeded(
+            f"The messages take about {used} tokens, and this model has room for {room} beside the answer "
+            f"(a context of {budget.context_tokens(model)}); send fewer or shorter messages.",
+            field="messages",
+        )
 
 
 def _failure(status: str, error: Mapping[str, Any] | None) -> ApiError:
@@ -282,11 +297,54 @@ async def _chunks(
         await follower.close()
 
 
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "system"}
+
+
 class ModelListView(APIView):
     authentication_classes = [ApiTokenAuthentication]
     openai_errors = True
 
-    @extend_schema(summary="OpenAI-compatible list of models", responses={200: OpenApiTypes.OBJECT}, tags=["openai"])
+    @extend_schema(
+        operation_id="v1_models_list",
+        summary="OpenAI-compatible list of models",
+        responses={200: OpenApiTypes.OBJECT},
+        tags=["openai"],
+    )
     def get(self, request: Request) -> Response:
-        models = [{"id": model, "object": "model", "created": 0, "owned_by": "system"} for model in allowed_models()]
-        return Response({"object": "list", "data": models})
+        return Response({"object": "list", "data": [_model(model) for model in allowed_models()]})
+
+
+class ModelDetailView(APIView):
+    authentication_classes = [ApiTokenAuthentication]
+    openai_errors = True
+
+    @extend_schema(
+        operation_id="v1_models_retrieve",
+        summary="OpenAI-compatible model (models.retrieve)",
+        responses={200: OpenApiTypes.OBJECT},
+        tags=["openai"],
+    )
+    def get(self, request: Request, model: str) -> Response:
+        if model not in allowed_models():
+            raise ApiError("model_not_found", f"The model {model!r} does not exist here.", status=404)
+        return Response(_model(model))
+
+
+class NotFoundView(APIView):
+    """Any other path under /v1/ or /api/v1/: a JSON 404 in the API's shape (never the site's HTML page), for
+    every method, before any authentication."""
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    openai_errors = False
+    schema = None  # not an endpoint of the schema
+
+    def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        raise ApiError("not_found", f"No such endpoint: {request.method} {request.path}.", status=404)
+
+    get = post = put = patch = delete = head = options = http_method_not_allowed
+
+
+class OpenAINotFoundView(NotFoundView):
+    openai_errors = True

@@ -3,7 +3,7 @@
 Ids are taken as strings: a malformed id is "not found" in the API's JSON, exactly like someone else's.
 """
 
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from . import docs, openai_compat, views
@@ -25,9 +25,12 @@ urlpatterns = [
     path("tokens/<str:token_id>/", views.TokenDetailView.as_view(), name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", docs.api_docs, name="api-docs"),
+    re_path(r"", openai_compat.NotFoundView.as_view(), name="api-not-found"),
 ]
 
 openai_urlpatterns = [
     path("chat/completions", openai_compat.ChatCompletionsView.as_view(), name="openai-chat-completions"),
     path("models", openai_compat.ModelListView.as_view(), name="openai-models"),
+    path("models/<path:model>", openai_compat.ModelDetailView.as_view(), name="openai-model"),
+    re_path(r"", openai_compat.OpenAINotFoundView.as_view(), name="openai-not-found"),
 ]

@@ -33,7 +33,7 @@ def outcome(upstream, key: str) -> str:
     deadline = time.monotonic() + 5
     while (record := upstream.stats.find(key)[-1]).outcome == "streaming" and time.monotonic() < deadline:
         time.sleep(0.05)
-    return record.outcome
+    return str(record.outcome)
 
 
 def test_closing_a_stream_cancels_its_answer_and_frees_the_slot(daphne, principal, upstream):

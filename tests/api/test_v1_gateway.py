@@ -1,0 +1,106 @@
+"""The OpenAI-compatible endpoint as a gateway: JSON for every error (404, 405, 413), pacing headers on 429,
+null for optional fields, models.retrieve, and a whole-prompt cap."""
+
+import json
+
+import httpx
+import openai
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from conversations import services
+from conversations.models import Conversation, UserQuota
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def owner():
+    return get_user_model().objects.create_user(username="gateway")
+
+
+@pytest.fixture
+def api(owner):
+    _, key = services.api_token_create(user=owner, name="sdk")
+    return Client(headers={"Authorization": f"Bearer {key}"})
+
+
+def completion(api: Client, **body):
+    payload = {"model": "dev", "messages": [{"role": "user", "content": "Hi"}], **body}
+    return api.post("/v1/chat/completions", json.dumps(payload), content_type="application/json")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("get", "/v1/nowhere", 404, "not_found"),
+        ("post", "/v1/completions", 404, "not_found"),
+        ("delete", "/api/v1/nothing/here/", 404, "not_found"),
+        ("get", "/api/v1/conversations", 404, "not_found"),  # no redirect to the slash: an API answers
+        ("get", "/v1/chat/completions", 405, "method_not_allowed"),
+        ("put", "/api/v1/models/", 405, "method_not_allowed"),
+    ],
+)
+def test_every_error_under_the_api_is_json(api, method, path, status, code):
+    response = getattr(api, method)(path)
+    assert response.status_code == status
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json()["error"]["code"] == code
+    if path.startswith("/v1/"):
+        assert "type" in response.json()["error"], "OpenAI's shape under /v1"
+
+
+def test_an_oversized_body_is_a_json_413(api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100_000
+    response = completion(api, messages=[{"role": "user", "content": "x" * 200_000}])
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_anything_is_written(api, owner, settings):
+    settings.LLM_CONTEXT_TOKENS, settings.CHAT_ANSWER_RESERVE_TOKENS = 1000, 200
+    history = [{"role": "user" if n % 2 == 0 else "assistant", "content": "y" * 400} for n in range(9)]
+    response = completion(api, messages=history)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "context_length_exceeded",
+        "messages",
+        "invalid_request_error",
+    )
+    assert not Conversation.objects.filter(owner=owner).exists()
+
+
+def test_limits_say_when_to_come_back(api, owner, settings):
+    settings.CHAT_MAX_MESSAGES_PER_MINUTE = 0
+    busy = completion(api)
+    assert busy.status_code == 429
+    assert busy["Retry-After"] == "60"
+    assert (busy["x-ratelimit-limit-requests"], busy["x-ratelimit-remaining-requests"]) == ("0", "0")
+    assert busy["x-ratelimit-reset-requests"] == "60s"
+
+    settings.CHAT_MAX_MESSAGES_PER_MINUTE = 20
+    UserQuota.objects.create(user=owner, daily_tokens=0)
+    spent = completion(api)
+    assert spent.status_code == 429 and spent.json()["error"]["code"] == "quota_exceeded"
+    assert 0 < int(spent["Retry-After"]) <= 86_400
+    assert (spent["x-ratelimit-limit-tokens"], spent["x-ratelimit-remaining-tokens"]) == ("0", "0")
+
+
+@pytest.mark.e2e
+def test_the_sdk_retrieves_a_model_and_sends_null_for_defaults(daphne, principal):
+    who = principal()
+    client = openai.OpenAI(base_url=f"{daphne.origin}/v1", api_key=who.token, max_retries=0, timeout=30)
+    assert client.models.retrieve("dev").id == "dev"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-9")
+    body = {"model": "dev:tokens=5,ttft=0", "messages": [{"role": "user", "content": "Hi"}], "n": None}
+    response = httpx.post(
+        f"{daphne.origin}/v1/chat/completions",
+        json={**body, "stream": None, "temperature": None, "max_tokens": None, "stream_options": None},
+        headers=who.bearer,
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"]
