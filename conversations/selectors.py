@@ -111,7 +111,9 @@ def _activity_sql(vendor: str, lock: bool) -> str:
     messages, user_id = quote(message.db_table), f"{quote(users.db_table)}.{quote(users.pk.column)}"
     owner, status = column(message, "owner"), column(message, "status")
     users_table, quotas = quote(users.db_table), quote(quota.db_table)
-    conversation, role, created = (column(message, name) for name in ("conversation", "role", "created_at"))
+    conversation, role, created, model = (
+        column(message, name) for name in ("conversation", "role", "created_at", "model")
+    )
     # Identifiers from the models, literals from their choices; values are parameters.
     streaming, assistant = f"'{Message.Status.STREAMING}'", f"'{Message.Role.ASSISTANT}'"
     sql = " ".join(
@@ -120,7 +122,8 @@ def _activity_sql(vendor: str, lock: bool) -> str:
             f"EXISTS(SELECT 1 FROM {messages} WHERE {owner} = %s AND {status} = {streaming}",  # noqa: S608
             f"AND {conversation} = %s),",
             f"(SELECT COUNT(*) FROM {messages} WHERE {owner} = %s AND {role} = {assistant}",  # noqa: S608
-            f"AND {created} >= %s),",
+            # Imported history (the earlier turns a /v1 client sends) has no model: it was not answered here.
+            f"AND {created} >= %s AND {model} <> ''),",
             f"{column(quota, 'daily_tokens')}, {column(quota, 'max_concurrent_streams')}",
             f"FROM {users_table} LEFT JOIN {quotas} ON {column(quota, 'user')} = {user_id}",
             f"WHERE {user_id} = %s",

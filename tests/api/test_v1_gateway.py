@@ -104,3 +104,18 @@ def test_the_sdk_retrieves_a_model_and_sends_null_for_defaults(daphne, principal
     )
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.e2e
+def test_imported_history_does_not_count_against_the_answers_per_minute(daphne_factory, principal):
+    server = daphne_factory(CHAT_MAX_MESSAGES_PER_MINUTE="3")
+    who = principal()
+    history = []
+    for n in range(20):
+        history += [{"role": "user", "content": f"q{n}"}, {"role": "assistant", "content": f"a{n}"}]
+    body = {"model": "dev:tokens=3,ttft=0", "messages": [*history, {"role": "user", "content": "and now?"}]}
+    for _ in range(3):  # a fresh user's first calls, each with 20 answers of history
+        response = httpx.post(f"{server.origin}/v1/chat/completions", json=body, headers=who.bearer, timeout=30)
+        assert response.status_code == 200, response.text
+    refused = httpx.post(f"{server.origin}/v1/chat/completions", json=body, headers=who.bearer, timeout=30)
+    assert refused.status_code == 429, "the answers given here still count"
