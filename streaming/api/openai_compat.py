@@ -17,7 +17,7 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, renderers
+from rest_framework import renderers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -217,22 +217,14 @@ class ChatCompletionsView(AsyncAPIView):
         return self._located(Response(_Envelope(answer).completion(answer)), answer)
 
     async def _stream(self, request: Request, follower: AnswerStream, *, include_usage: bool) -> StreamingHttpResponse:
-        """Waits for the answer's first text (or its end) before answering, so that a failure before the first
-        token is an HTTP error the SDKs raise as their own exceptions, as OpenAI's API does."""
-        events = follower.events(settings.API_KEEPALIVE_SECONDS)
-        held: list[dict[str, Any]] = []
-        async for event in events:
-            if event is None or event["type"] == "message":
-                continue
-            if event["type"] == "error":  # the request's token was revoked meanwhile
-                raise exceptions.AuthenticationFailed(event["message"])
-            held.append(event)
-            if event["type"] == "done" and event["status"] != Message.Status.COMPLETE:
-                raise _failure(event["status"], event.get("error"))
-            if event["type"] in ("delta", "done"):
-                break
+        """Answers at once, whatever the model's first token waits for: the status, the headers (with the
+        message id) and the first chunk (the assistant's role) leave now, then keep-alive comments every
+        API_KEEPALIVE_SECONDS until the text comes, so no proxy or load balancer times the request out. What
+        the request itself does wrong (validation, limits) was refused before, with its HTTP status; a failure
+        of the model from here on is an error object in the stream, which the SDKs raise as APIError."""
         answer = await orm(selectors.message_get_for_user)(user=request.user, message_id=follower.answer)
-        body = _chunks(request, follower, events, held, _Envelope(answer), include_usage=include_usage)
+        events = follower.events(settings.API_KEEPALIVE_SECONDS)
+        body = _chunks(request, follower, events, _Envelope(answer), include_usage=include_usage)
         response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -257,21 +249,14 @@ async def _chunks(
     request: Request,
     follower: AnswerStream,
     events: AsyncIterator[dict[str, Any] | None],
-    held: list[dict[str, Any]],
     envelope: _Envelope,
     *,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    async def all_events() -> AsyncIterator[dict[str, Any] | None]:
-        for held_event in held:
-            yield held_event
-        async for event in events:
-            yield event
-
     ended = False  # by the answer's end, or by the server (a revoked token): not by the client going away
     try:
         yield envelope.chunk({"role": "assistant", "content": ""})
-        async for event in all_events():
+        async for event in events:
             if event is None:
                 yield KEEPALIVE
             elif event["type"] == "error":  # the token was revoked: the stream ends, the answer goes on

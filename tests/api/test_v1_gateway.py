@@ -2,6 +2,7 @@
 null for optional fields, models.retrieve, and a whole-prompt cap."""
 
 import json
+import time
 
 import httpx
 import openai
@@ -119,3 +120,30 @@ def test_imported_history_does_not_count_against_the_answers_per_minute(daphne_f
         assert response.status_code == 200, response.text
     refused = httpx.post(f"{server.origin}/v1/chat/completions", json=body, headers=who.bearer, timeout=30)
     assert refused.status_code == 429, "the answers given here still count"
+
+
+@pytest.mark.e2e
+def test_a_stream_answers_at_once_and_keeps_the_line_alive_until_the_first_token(daphne_factory, principal):
+    server = daphne_factory(API_KEEPALIVE_SECONDS="0.3")
+    who = principal()
+    body = {"model": "dev:ttft=2,tokens=5", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    started = time.monotonic()
+    with httpx.stream("POST", f"{server.origin}/v1/chat/completions", json=body, headers=who.bearer, timeout=30) as r:
+        headers_at = time.monotonic() - started
+        assert r.status_code == 200 and r.headers["x-message-id"]
+        lines: list[str] = []
+        first_text_at = None
+        for line in r.iter_lines():
+            lines.append(line)
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                first_text_at = time.monotonic() - started
+                break
+    assert first_text_at is not None
+    assert first_text_at - headers_at > 1.0, "the headers did not wait for the model's first token"
+    before_text = lines[:-1]
+    assert json.loads(before_text[0][6:])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert sum(line == ": keep-alive" for line in before_text) >= 2
+    # The SDK reads such a stream as any other.
+    client = openai.OpenAI(base_url=f"{server.origin}/v1", api_key=who.token, max_retries=0, timeout=30)
+    chunks = list(client.chat.completions.create(**body))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
