@@ -145,5 +145,8 @@ def test_a_stream_answers_at_once_and_keeps_the_line_alive_until_the_first_token
     assert sum(line == ": keep-alive" for line in before_text) >= 2
     # The SDK reads such a stream as any other.
     client = openai.OpenAI(base_url=f"{server.origin}/v1", api_key=who.token, max_retries=0, timeout=30)
-    chunks = list(client.chat.completions.create(**body))
+    stream = client.chat.completions.create(
+        model="dev:ttft=2,tokens=5", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
