@@ -59,6 +59,9 @@ class Message(models.Model):
     model = models.CharField(max_length=200, blank=True)
     temperature = models.FloatField(null=True, blank=True)
     max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Further request parameters for the model server, as an OpenAI-compatible client gave them (stop, seed,
+    # top_p, response_format...): sent with the answer's request as they are.
+    parameters = models.JSONField(default=dict, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)

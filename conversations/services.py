@@ -644,9 +644,11 @@ def conversation_import(
     history: list[tuple[str, str]],
     content: str,
     options: GenerationOptions,
+    parameters: dict[str, Any] | None = None,
 ) -> Turn:
     """A conversation given whole (the OpenAI-compatible endpoint): earlier turns as (role, text), then a user
-    message `content` and a `streaming` answer to it. A repeated `client_id` finds the rows of its first attempt.
+    message `content` and a `streaming` answer to it, asked with the further request `parameters`. A repeated
+    `client_id` finds the rows of its first attempt.
     """
 
     def create() -> Turn:
@@ -668,6 +670,7 @@ def conversation_import(
         answer = _new_answer(
             conversation=conversation, seq=len(history) + 2, max_tokens=options.max_tokens, client_id=""
         )
+        answer.parameters = parameters or {}
         Message.objects.bulk_create([*earlier, user_message, answer])
         prompt = [{"role": "system", "content": system}] if system else []
         prompt += [{"role": role, "content": text} for role, text in history if text]

@@ -257,6 +257,8 @@ class RequestRecord:
     prompt: str  # the last user message
     started: float  # time.monotonic()
     messages: int = 0  # how many messages the request sent (system prompt included)
+    # The request's other fields (stop, seed, top_p, response_format...), as received; not acted upon.
+    parameters: dict[str, Any] = field(default_factory=dict)
     tokens_sent: int = 0
     outcome: Outcome = "streaming"
     ended: float | None = None
@@ -277,9 +279,13 @@ class DevStats:
     _seq: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, *, model: str, key: str, prompt: str, messages: int = 0) -> RequestRecord:
+    def add(
+        self, *, model: str, key: str, prompt: str, messages: int = 0, parameters: dict[str, Any] | None = None
+    ) -> RequestRecord:
         with self._lock:
-            record = RequestRecord(next(self._seq), model, key, prompt, time.monotonic(), messages=messages)
+            record = RequestRecord(
+                next(self._seq), model, key, prompt, time.monotonic(), messages=messages, parameters=parameters or {}
+            )
             self.records.append(record)
             return record
 
@@ -513,7 +519,14 @@ class DevLLM:
             message = f"Bad simulator options in {model!r}: {exc}"
             await _send_json(writer, 400, _error(message, "invalid_request_error", "invalid_model_options"), headers)
             return True
-        record = self.stats.add(model=model, key=options.key, prompt=_last_user_text(messages), messages=len(messages))
+        known = {"model", "messages", "stream", "stream_options", "temperature", "max_tokens"}
+        record = self.stats.add(
+            model=model,
+            key=options.key,
+            prompt=_last_user_text(messages),
+            messages=len(messages),
+            parameters={name: value for name, value in body.items() if name not in known},
+        )
         if name not in self.models:
             record.end("error")
             message = f"The model {name!r} does not exist (devllm simulator serves {', '.join(self.models)})."

@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from django.conf import settings
 
@@ -199,11 +200,18 @@ async def chat_import(
     history: list[tuple[str, str]],
     content: str,
     options: GenerationOptions,
+    parameters: dict[str, Any] | None = None,
     before_start: BeforeStart = None,
 ) -> Turn:
     """Starts an answer to a conversation given whole (the OpenAI-compatible endpoint), recorded as a new one."""
     _refuse_while_draining()
     turn = await orm(services.conversation_import)(
-        user=user, client_id=client_id, system=system, history=history, content=content, options=options
+        user=user,
+        client_id=client_id,
+        system=system,
+        history=history,
+        content=content,
+        options=options,
+        parameters=parameters,
     )
     return await _begin(turn, before_start)

@@ -52,7 +52,11 @@ class Prepared:
     def new(cls, answer: Message, prompt: list[dict[str, object]]) -> "Prepared":
         """A `streaming` answer just created, with the prompt its service built: nothing to read again."""
         request = ChatRequest(
-            model=answer.model, messages=prompt, temperature=answer.temperature, max_tokens=answer.max_tokens
+            model=answer.model,
+            messages=prompt,
+            temperature=answer.temperature,
+            max_tokens=answer.max_tokens,
+            parameters=answer.parameters,
         )
         return cls(str(answer.conversation_id), str(answer.owner_id), request, Status.STREAMING, False)
 
@@ -95,6 +99,7 @@ def prepared_load(message_id: str) -> Prepared | None:
         messages=selectors.message_prompt(message=message),
         temperature=message.temperature,
         max_tokens=message.max_tokens,
+        parameters=message.parameters,
     )
     return Prepared(
         conversation_id=str(message.conversation_id),

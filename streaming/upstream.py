@@ -38,7 +38,7 @@ import re
 import time
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import aiohttp
@@ -71,6 +71,7 @@ class ChatRequest:
     messages: list[dict[str, Any]]  # OpenAI chat messages
     temperature: float | None = None
     max_tokens: int | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)  # further request fields, sent as they are
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,8 @@ def _body(request: ChatRequest) -> dict[str, Any]:
         body["temperature"] = request.temperature
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
+    # Checked where they were accepted (streaming.api.openai_compat): none of them is one of the fields above.
+    body.update(request.parameters)
     return body
 
 

@@ -9,7 +9,7 @@ raise their own exception types: 401 AuthenticationError, 400 BadRequestError, 4
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,64 @@ class Completion:
     options: GenerationOptions
     stream: bool
     include_usage: bool
+    parameters: dict[str, Any]  # passed through to the model server (PASSED_THROUGH)
+
+
+def _number(low: float, high: float, *, integer: bool = False) -> Callable[[Any], bool]:
+    def valid(value: Any) -> bool:
+        kinds = (int,) if integer else (int, float)
+        return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
+
+    return valid
+
+
+def _stop(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= 200
+    return isinstance(value, list) and 0 < len(value) <= 4 and all(isinstance(v, str) and len(v) <= 200 for v in value)
+
+
+def _logit_bias(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) <= 300
+        and all(isinstance(k, str) and k.isdigit() and _number(-100, 100, integer=True)(v) for k, v in value.items())
+    )
+
+
+def _response_format(value: Any) -> bool:
+    if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
+        return False
+    return value["type"] != "json_schema" or isinstance(value.get("json_schema"), dict)
+
+
+# The request fields sent on to the model server as they are, each with its check (what it must be): OpenAI's
+# sampling and format controls. A null is the same as leaving a field out.
+PASSED_THROUGH: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "stop": (_stop, "a string or a list of up to 4 strings"),
+    "top_p": (_number(0, 1), "a number from 0 to 1"),
+    "seed": (_number(-(2**63), 2**63 - 1, integer=True), "an integer"),
+    "presence_penalty": (_number(-2, 2), "a number from -2 to 2"),
+    "frequency_penalty": (_number(-2, 2), "a number from -2 to 2"),
+    "logit_bias": (_logit_bias, "an object of token ids to integers from -100 to 100"),
+    "response_format": (_response_format, 'an object of type "text", "json_object" or "json_schema"'),
+    "user": (lambda v: isinstance(v, str) and len(v) <= 256, "a string of at most 256 characters"),
+    "logprobs": (lambda v: isinstance(v, bool), "true or false"),
+    "top_logprobs": (_number(0, 20, integer=True), "an integer from 0 to 20"),
+}
+
+
+def parameters_from(body: dict[str, Any]) -> dict[str, Any]:
+    """The pass-through fields of a request, checked; refused with a 400 that names the one at fault."""
+    parameters = {}
+    for name, (valid, expected) in PASSED_THROUGH.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if not valid(value):
+            raise InvalidRequest(f"'{name}' must be {expected}.", field=name)
+        parameters[name] = value
+    return parameters
 
 
 def _text(content: Any, field: str) -> str:
@@ -116,6 +174,7 @@ def parse_completion(body: dict[str, Any]) -> Completion:
         options=options,
         stream=body.get("stream") is not None and _flag(body, "stream"),
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+        parameters=parameters_from(body),
     )
 
 
@@ -196,6 +255,7 @@ class ChatCompletionsView(AsyncAPIView):
             history=completion.history,
             content=completion.content,
             options=completion.options,
+            parameters=completion.parameters,
         )
         follower = await start_and_follow(start, ref=None, credential=credential_of(request))
         if completion.stream:

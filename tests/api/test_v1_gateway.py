@@ -12,6 +12,7 @@ from django.test import Client
 
 from conversations import services
 from conversations.models import Conversation, UserQuota
+from tests.support import unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -150,3 +151,68 @@ def test_a_stream_answers_at_once_and_keeps_the_line_alive_until_the_first_token
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+@pytest.mark.e2e
+def test_sampling_and_format_parameters_reach_the_model_server(daphne, principal, upstream):
+    who = principal()
+    client = openai.OpenAI(base_url=f"{daphne.origin}/v1", api_key=who.token, max_retries=0, timeout=30)
+    key = unique()
+    sent = {
+        "stop": ["\n\n", "END"],
+        "top_p": 0.9,
+        "seed": 42,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "logit_bias": {"50256": -100},
+        "response_format": {"type": "json_object"},
+        "user": "user-1234",
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
+    reply = client.chat.completions.create(
+        model=f"dev:tokens=4,ttft=0,key={key}",
+        messages=[{"role": "user", "content": "Answer in JSON."}],
+        stop=["\n\n", "END"],
+        top_p=0.9,
+        seed=42,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        logit_bias={"50256": -100},
+        response_format={"type": "json_object"},
+        user="user-1234",
+        logprobs=True,
+        top_logprobs=2,
+    )
+    assert reply.choices[0].message.content
+    [record] = upstream.stats.find(key)
+    assert record.parameters == sent
+    # Streamed too, and from the row (the generation reads its request back from the database).
+    key = unique()
+    stream = client.chat.completions.create(
+        model=f"dev:tokens=4,ttft=0,key={key}", messages=[{"role": "user", "content": "Hi"}], stream=True, seed=7
+    )
+    assert list(stream)
+    assert upstream.stats.find(key)[0].parameters == {"seed": 7}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_p", 1.5),
+        ("seed", "42"),
+        ("stop", ["a", "b", "c", "d", "e"]),
+        ("presence_penalty", 3),
+        ("logit_bias", {"word": 1}),
+        ("response_format", {"type": "xml"}),
+        ("logprobs", "yes"),
+        ("top_logprobs", 21),
+        ("n", 2),
+    ],
+)
+def test_a_parameter_that_cannot_be_honoured_is_a_400_naming_it(api, owner, field, value):
+    response = completion(api, **{field: value})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["type"]) == (field, "invalid_request_error")
+    assert not Conversation.objects.filter(owner=owner).exists()
