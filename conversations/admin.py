@@ -72,9 +72,11 @@ class ConversationAdmin(admin.ModelAdmin):
         "feedback_summary",
         "flagged",
         "updated_at",
+        "api_token",
     )
     list_filter = (
         ("owner", admin.RelatedOnlyFieldListFilter),
+        ("api_token", admin.RelatedOnlyFieldListFilter),
         "model",
         LastStatusFilter,
         FeedbackFilter,
@@ -82,11 +84,12 @@ class ConversationAdmin(admin.ModelAdmin):
         "updated_at",
         "created_at",
     )
-    list_select_related = ("owner",)
+    list_select_related = ("owner", "api_token")
     search_fields = ("title", "messages__content", "owner__username")
     date_hierarchy = "updated_at"
     fields = (
         "owner",
+        "api_token",
         "title",
         "model",
         "temperature",

@@ -19,9 +19,20 @@ class Conversation(models.Model):
     reviewer_notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Made through the OpenAI-compatible endpoint: the token that made it, and a hash of how it opened (system
+    # prompt and first user message), by which a client's next call with this history finds it again.
+    api_token = models.ForeignKey(
+        "ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations"
+    )
+    opening_hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent")]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent"),
+            models.Index(
+                fields=["owner", "opening_hash"], condition=~Q(opening_hash=""), name="conversation_owner_opening"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.title or str(self.id)

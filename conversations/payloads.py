@@ -29,6 +29,7 @@ def conversation_payload(conversation: Conversation, *, live: bool | None = None
         "model": conversation.model,
         "system": conversation.system_prompt,
         "temperature": conversation.temperature,
+        "api_token": conversation.api_token_id,  # the API token that made it (None: made in the chat)
         "created_at": iso(conversation.created_at),
         "updated_at": iso(conversation.updated_at),
     }

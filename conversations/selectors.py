@@ -198,6 +198,27 @@ def conversation_list_for_user(
     return [(conversation, conversation.live) for conversation in page[:limit]], len(page) > limit
 
 
+def conversation_continued(
+    *, user: User, token_id: Any, opening_hash: str, system: str, history: list[tuple[str, str]]
+) -> Conversation | None:
+    """The conversation this token made whose live transcript is exactly `history` (with this system prompt),
+    with no answer being written: the one a client's next call continues. The most recent, if several."""
+    if token_id is None or not history:
+        return None
+    wanted = [(role, text) for role, text in history if text]
+    candidates = Conversation.objects.filter(
+        owner_id=user.pk, api_token_id=token_id, opening_hash=opening_hash, system_prompt=system
+    ).order_by("-updated_at")[:5]
+    for conversation in candidates:
+        live = Message.objects.filter(conversation=conversation, superseded_at__isnull=True).order_by("seq")
+        rows = list(live.values_list("role", "content", "status"))
+        if any(status == Message.Status.STREAMING for _, _, status in rows):
+            continue
+        if [(role, content) for role, content, _ in rows if content] == wanted:
+            return conversation
+    return None
+
+
 # --- API tokens, quotas, usage and review (added with the HTTP API and the admin workflow) ---------------------
 
 

@@ -5,6 +5,7 @@ Each service validates, then writes; the caller notifies watchers once the write
 
 import functools
 import hashlib
+import json
 import secrets
 import uuid
 from collections.abc import Callable
@@ -54,6 +55,7 @@ class Turn:
     created: bool  # False when a retried request found the rows its first attempt made
     superseded: tuple[str, ...] = ()  # ids of the messages this turn took out of the transcript
     prompt: list[dict[str, Any]] | None = None  # what the new answer is asked, when the turn created one
+    opened: bool = False  # the turn created its conversation (an import that continued none)
 
 
 def title_from_content(content: str) -> str:
@@ -645,41 +647,66 @@ def conversation_import(
     content: str,
     options: GenerationOptions,
     parameters: dict[str, Any] | None = None,
+    token_id: Any = None,
 ) -> Turn:
     """A conversation given whole (the OpenAI-compatible endpoint): earlier turns as (role, text), then a user
     message `content` and a `streaming` answer to it, asked with the further request `parameters`. A repeated
     `client_id` finds the rows of its first attempt.
+
+    One client thread is one conversation: when `history` is exactly the live transcript of a conversation the
+    same token made (same system prompt), the turn is added to it; otherwise a new conversation records the
+    token that made it.
     """
+    first_user_text = next((text for role, text in history if role == Message.Role.USER), content)
+    opening = _opening_hash(system, first_user_text)
 
     def create() -> Turn:
         _check_can_generate(user=user, conversation_id=None)
-        first_user_text = next((text for role, text in history if role == Message.Role.USER), content)
-        conversation = Conversation(
-            owner_id=_owner_pk(user), title=title_from_content(first_user_text), system_prompt=system
+        continued = selectors.conversation_continued(
+            user=user, token_id=token_id, opening_hash=opening, system=system, history=history
         )
-        conversation.model = settings.LLM_MODELS[0]
-        _apply_options(conversation, options)
-        conversation.save(force_insert=True)
-        earlier = [
-            Message(conversation=conversation, owner_id=_owner_pk(user), seq=seq, role=role, content=text)
-            for seq, (role, text) in enumerate(history, start=1)
-        ]
-        user_message = _new_user_message(
-            conversation=conversation, seq=len(history) + 1, content=content, client_id=client_id
-        )
-        answer = _new_answer(
-            conversation=conversation, seq=len(history) + 2, max_tokens=options.max_tokens, client_id=""
-        )
+        if continued is not None:
+            conversation, seq = _lock_conversation(user=user, conversation_id=str(continued.pk))
+            _apply_options(conversation, options)
+            conversation.save(update_fields=["model", "temperature", "updated_at"])
+            earlier: list[Message] = []
+        else:
+            conversation = Conversation(
+                owner_id=_owner_pk(user),
+                title=title_from_content(first_user_text),
+                system_prompt=system,
+                api_token_id=token_id,
+                opening_hash=opening if token_id is not None else "",
+            )
+            conversation.model = settings.LLM_MODELS[0]
+            _apply_options(conversation, options)
+            conversation.save(force_insert=True)
+            earlier = [
+                Message(conversation=conversation, owner_id=_owner_pk(user), seq=seq, role=role, content=text)
+                for seq, (role, text) in enumerate(history, start=1)
+            ]
+            seq = len(history)
+        user_message = _new_user_message(conversation=conversation, seq=seq + 1, content=content, client_id=client_id)
+        answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
         answer.parameters = parameters or {}
         Message.objects.bulk_create([*earlier, user_message, answer])
         prompt = [{"role": "system", "content": system}] if system else []
         prompt += [{"role": role, "content": text} for role, text in history if text]
         prompt.append({"role": "user", "content": content})
         return Turn(
-            conversation=conversation, user_message=user_message, assistant_message=answer, created=True, prompt=prompt
+            conversation=conversation,
+            user_message=user_message,
+            assistant_message=answer,
+            created=True,
+            prompt=prompt,
+            opened=continued is None,
         )
 
     return _idempotent(user, client_id, create)
+
+
+def _opening_hash(system: str, first_user_text: str) -> str:
+    return hashlib.sha256(json.dumps([system, first_user_text]).encode()).hexdigest()
 
 
 def conversations_set_flagged(*, conversation_ids: list[Any], flagged: bool) -> int:

@@ -201,9 +201,11 @@ async def chat_import(
     content: str,
     options: GenerationOptions,
     parameters: dict[str, Any] | None = None,
+    token_id: Any = None,
     before_start: BeforeStart = None,
 ) -> Turn:
-    """Starts an answer to a conversation given whole (the OpenAI-compatible endpoint), recorded as a new one."""
+    """Starts an answer to a conversation given whole (the OpenAI-compatible endpoint): a new one, or the one of
+    the token's that the history continues."""
     _refuse_while_draining()
     turn = await orm(services.conversation_import)(
         user=user,
@@ -213,5 +215,6 @@ async def chat_import(
         content=content,
         options=options,
         parameters=parameters,
+        token_id=token_id,
     )
     return await _begin(turn, before_start)

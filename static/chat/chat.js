@@ -251,11 +251,13 @@ function renderSidebarItem(conversation, { toTop }) {
     live.className = "live";
     live.textContent = "●";
     live.title = "An answer is being written";
+    const source = document.createElement("span");
+    Object.assign(source, { className: "source", textContent: "API", title: "Made through an API token", hidden: true });
     const rename = document.createElement("button");
     Object.assign(rename, { type: "button", className: "icon rename", textContent: "✎", title: "Rename" });
     const remove = document.createElement("button");
     Object.assign(remove, { type: "button", className: "icon delete", textContent: "🗑", title: "Delete" });
-    item.append(link, live, rename, remove);
+    item.append(link, source, live, rename, remove);
     if (toTop) ui.conversations.prepend(item);
     else ui.conversations.append(item);
     ui.noConversations.hidden = true;
@@ -267,6 +269,7 @@ function renderSidebarItem(conversation, { toTop }) {
   item.querySelector(".rename").setAttribute("aria-label", `Rename “${link.textContent}”`);
   item.querySelector(".delete").setAttribute("aria-label", `Delete “${link.textContent}”`);
   if (conversation.id === state.conversation) link.setAttribute("aria-current", "page");
+  if ("api_token" in conversation) item.querySelector(".source").hidden = conversation.api_token === null;
   item.classList.toggle("is-live", Boolean(conversation.live));
   item.querySelector(".live").hidden = !conversation.live;
 }

@@ -28,7 +28,7 @@ from conversations.models import Message
 from conversations.options import MAX_SYSTEM_CHARS, GenerationOptions, allowed_models, content_from, options_from
 from conversations.payloads import error_payload, usage_payload
 from streaming.access import credential_of
-from streaming.actions import chat_cancel, chat_import
+from streaming.actions import chat_cancel, chat_delete, chat_import
 from streaming.aio import orm, spawn
 
 from .authentication import ApiTokenAuthentication
@@ -256,6 +256,7 @@ class ChatCompletionsView(AsyncAPIView):
             content=completion.content,
             options=completion.options,
             parameters=completion.parameters,
+            token_id=request.auth.pk,
         )
         follower = await start_and_follow(start, ref=None, credential=credential_of(request))
         if completion.stream:
@@ -273,6 +274,7 @@ class ChatCompletionsView(AsyncAPIView):
             raise
         answer = await orm(selectors.message_get_for_user)(user=request.user, message_id=follower.answer)
         if answer.status != Message.Status.COMPLETE:
+            _unanswered(request, follower, text=bool(answer.content))
             raise _failure(answer.status, error_payload(answer.error_code, answer.error_message))
         return self._located(Response(_Envelope(answer).completion(answer)), answer)
 
@@ -300,9 +302,23 @@ class ChatCompletionsView(AsyncAPIView):
 def _abandoned(request: Request, follower: AnswerStream) -> None:
     """The client went away before its answer ended (Django cancels a request whose client disconnects): the
     answer is cancelled, as closing an OpenAI stream stops the model. Its text so far is kept, the upstream
-    request is closed and the user's concurrency slot is free again."""
+    request is closed and the user's concurrency slot is free again. A conversation the call opened whose
+    client saw nothing goes altogether (see _unanswered)."""
+    if _unanswered(request, follower, text=follower.offset > 0):
+        return
     if follower.answer:
         spawn(chat_cancel(user=request.user, message_id=follower.answer))
+
+
+def _unanswered(request: Request, follower: AnswerStream, *, text: bool) -> bool:
+    """A call that ends before the model gave any text (it failed, or its client left) leaves no empty
+    conversation behind: the conversation it opened is deleted (which also stops its answer). One it continued
+    keeps its earlier turns and the failed answer, as a chat does."""
+    turn = follower.turn
+    if text or turn is None or not turn.opened:
+        return False
+    spawn(chat_delete(user=request.user, conversation_id=str(turn.conversation.pk)))
+    return True
 
 
 async def _chunks(
@@ -328,6 +344,7 @@ async def _chunks(
             elif event["type"] == "done" and event["message"] == follower.answer:
                 ended = True
                 if event["status"] != Message.Status.COMPLETE:
+                    _unanswered(request, follower, text=follower.offset > 0)
                     failure = _failure(event["status"], event.get("error"))
                     yield envelope.data(error_body(failure.code, failure.message, status=failure.status, openai=True))
                     return

@@ -56,6 +56,9 @@ class ConversationSchema(serializers.Serializer):
     model = serializers.CharField()
     system = serializers.CharField(help_text="The system prompt.")
     temperature = serializers.FloatField(allow_null=True)
+    api_token = serializers.IntegerField(
+        allow_null=True, help_text="The id of the API token that made it through /v1; null if made in the chat."
+    )
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     live = serializers.BooleanField(required=False, help_text="Whether an answer is being written (in lists).")

@@ -39,6 +39,7 @@ class AnswerStream:
 
     credential: Credential | None = None
     revoked = False
+    turn: Turn | None = None  # the turn it follows, when it started one
 
     def __init__(self) -> None:
         self.answer = ""  # the message whose `done` ends the stream
@@ -65,6 +66,7 @@ class AnswerStream:
 
     async def join(self, turn: Turn, ref: str | None) -> None:
         """Announces a turn's rows (with `ref`) and follows its answer."""
+        self.turn = turn
         self.answer = str(turn.assistant_message.pk)
         await self.watcher.join(turn, ref)
 

@@ -216,3 +216,59 @@ def test_a_parameter_that_cannot_be_honoured_is_a_400_naming_it(api, owner, fiel
     error = response.json()["error"]
     assert (error["param"], error["type"]) == (field, "invalid_request_error")
     assert not Conversation.objects.filter(owner=owner).exists()
+
+
+@pytest.mark.e2e
+def test_one_client_thread_is_one_conversation_recorded_with_its_token(daphne, principal):
+    who = principal()
+    client = openai.OpenAI(base_url=f"{daphne.origin}/v1", api_key=who.token, max_retries=0, timeout=30)
+    messages: list[dict[str, str]] = [{"role": "system", "content": "Be brief."}]
+    conversations = set()
+    for question in ("First question?", "Second question?", "Third question?"):
+        messages.append({"role": "user", "content": question})
+        raw = client.chat.completions.with_raw_response.create(
+            model="dev:tokens=6,ttft=0",
+            messages=messages,  # type: ignore[arg-type]
+        )
+        conversations.add(raw.headers["x-conversation-id"])
+        messages.append({"role": "assistant", "content": raw.parse().choices[0].message.content or ""})
+    assert len(conversations) == 1
+    [conversation] = Conversation.objects.filter(owner=who.user)
+    assert conversation.api_token is not None and conversation.api_token.name == "tests"
+    assert conversation.messages.count() == 6
+    assert list(conversation.messages.order_by("seq").values_list("content", flat=True)) == [
+        m["content"] for m in messages[1:]
+    ]
+
+    # The same history with one answer changed, or from another token, is another thread.
+    changed = [*messages[:2], {"role": "assistant", "content": "Not what you said."}, messages[3]]
+    other = client.chat.completions.with_raw_response.create(model="dev:tokens=3,ttft=0", messages=changed)  # type: ignore[arg-type]
+    assert other.headers["x-conversation-id"] not in conversations
+    _, second_key = services.api_token_create(user=who.user, name="second")
+    second = openai.OpenAI(base_url=f"{daphne.origin}/v1", api_key=second_key, max_retries=0, timeout=30)
+    elsewhere = second.chat.completions.with_raw_response.create(
+        model="dev:tokens=3,ttft=0",
+        messages=messages[:4],  # type: ignore[arg-type]
+    )
+    assert elsewhere.headers["x-conversation-id"] not in conversations
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_that_fails_before_the_model_answers_leaves_no_conversation(daphne, principal, stream):
+    who = principal()
+    client = openai.OpenAI(base_url=f"{daphne.origin}/v1", api_key=who.token, max_retries=0, timeout=30)
+
+    def call() -> None:
+        reply = client.chat.completions.create(
+            model=f"dev:fault=http_401,key={unique()}", messages=[{"role": "user", "content": "Hi"}], stream=stream
+        )
+        if stream:
+            list(reply)
+
+    with pytest.raises(openai.APIError):
+        call()
+    deadline = time.monotonic() + 5
+    while Conversation.objects.filter(owner=who.user).exists():
+        assert time.monotonic() < deadline, "the failed call's conversation is still there"
+        time.sleep(0.05)
