@@ -32,6 +32,11 @@ class InvalidJson(ChatError):
     code = "invalid_json"
 
 
+class IdempotencyKeyReused(ChatError):
+    code = "idempotency_key_reused"
+    default_message = "This Idempotency-Key was used for a different request; use a new key for a new request."
+
+
 class ContextLengthExceeded(ChatError):
     code = "context_length_exceeded"
     default_message = "The messages are longer than the model's context."

@@ -65,6 +65,8 @@ class Message(models.Model):
     content_html = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     client_id = models.CharField(max_length=64, blank=True, help_text="The sender's idempotency key.")
+    # A hash of the HTTP request that sent it under an explicit Idempotency-Key: a retry must be the same request.
+    request_hash = models.CharField(max_length=64, blank=True)
 
     # Generation parameters and results (assistant messages).
     model = models.CharField(max_length=200, blank=True)

@@ -27,6 +27,7 @@ from conversations import budget, selectors, signals
 from conversations.errors import (
     ChatError,
     ConversationBusy,
+    IdempotencyKeyReused,
     InvalidState,
     NotFound,
     QuotaExceeded,
@@ -135,7 +136,9 @@ def _lock_conversation(*, user: User, conversation_id: str) -> tuple[Conversatio
     return conversation, int(conversation.last_seq)
 
 
-def _new_user_message(*, conversation: Conversation, seq: int, content: str, client_id: str) -> Message:
+def _new_user_message(
+    *, conversation: Conversation, seq: int, content: str, client_id: str, request_hash: str = ""
+) -> Message:
     return Message(
         conversation=conversation,
         owner_id=conversation.owner_id,
@@ -144,6 +147,7 @@ def _new_user_message(*, conversation: Conversation, seq: int, content: str, cli
         content=content,
         status=Message.Status.COMPLETE,
         client_id=client_id,
+        request_hash=request_hash,
     )
 
 
@@ -189,8 +193,9 @@ def _existing_turn(message: Message) -> Turn:
     return Turn(conversation=message.conversation, user_message=message, assistant_message=answer, created=False)
 
 
-def _idempotent(user: User, client_id: str, create: Callable[[], Turn]) -> Turn:
-    """Runs `create` in a transaction, unless `client_id` already made its rows: then returns those.
+def _idempotent(user: User, client_id: str, create: Callable[[], Turn], request_hash: str = "") -> Turn:
+    """Runs `create` in a transaction, unless `client_id` already made its rows: then returns those (or, when
+    the request that made them had another `request_hash`, refuses the key's reuse).
 
     The unique key on (owner, client_id) decides, without a look-up first: a repeated request either fails
     its insert (IntegrityError), or is refused by a limit its first attempt now counts against (a busy
@@ -204,6 +209,8 @@ def _idempotent(user: User, client_id: str, create: Callable[[], Turn]) -> Turn:
         existing = selectors.message_get_by_client_id(user=user, client_id=client_id) if client_id else None
         if existing is None:
             raise
+        if request_hash and existing.request_hash != request_hash:
+            raise IdempotencyKeyReused from None
         return _existing_turn(existing)
 
 
@@ -240,8 +247,10 @@ def message_send(
     conversation_id: str | None,
     content: str,
     options: GenerationOptions,
+    request_hash: str = "",
 ) -> Turn:
     """Adds a user message (creating the conversation when none is given) and a `streaming` answer to it.
+    `request_hash` identifies the HTTP request behind an explicit Idempotency-Key (see _idempotent).
 
     A new conversation takes five statements (the transaction, the user's lock with the limits, the
     conversation, both messages at once); a follow-up turn seven, whatever the length of its history.
@@ -262,7 +271,9 @@ def message_send(
             # Read while the conversation is locked: exactly the turns the new answer follows.
             prompt = [*selectors.conversation_prompt(conversation=conversation), {"role": "user", "content": content}]
             conversation.save(update_fields=["title", "model", "temperature", "system_prompt", "updated_at"])
-        user_message = _new_user_message(conversation=conversation, seq=seq + 1, content=content, client_id=client_id)
+        user_message = _new_user_message(
+            conversation=conversation, seq=seq + 1, content=content, client_id=client_id, request_hash=request_hash
+        )
         answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
         prompt = _fit_prompt(answer, prompt)
         _insert([user_message, answer])
@@ -270,7 +281,7 @@ def message_send(
             conversation=conversation, user_message=user_message, assistant_message=answer, created=True, prompt=prompt
         )
 
-    return _idempotent(user, client_id, create)
+    return _idempotent(user, client_id, create, request_hash)
 
 
 def message_regenerate(*, user: User, message_id: str, client_id: str, options: GenerationOptions) -> Turn:
@@ -648,6 +659,7 @@ def conversation_import(
     options: GenerationOptions,
     parameters: dict[str, Any] | None = None,
     token_id: Any = None,
+    request_hash: str = "",
 ) -> Turn:
     """A conversation given whole (the OpenAI-compatible endpoint): earlier turns as (role, text), then a user
     message `content` and a `streaming` answer to it, asked with the further request `parameters`. A repeated
@@ -686,7 +698,9 @@ def conversation_import(
                 for seq, (role, text) in enumerate(history, start=1)
             ]
             seq = len(history)
-        user_message = _new_user_message(conversation=conversation, seq=seq + 1, content=content, client_id=client_id)
+        user_message = _new_user_message(
+            conversation=conversation, seq=seq + 1, content=content, client_id=client_id, request_hash=request_hash
+        )
         answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
         answer.parameters = parameters or {}
         Message.objects.bulk_create([*earlier, user_message, answer])
@@ -702,7 +716,7 @@ def conversation_import(
             opened=continued is None,
         )
 
-    return _idempotent(user, client_id, create)
+    return _idempotent(user, client_id, create, request_hash)
 
 
 def _opening_hash(system: str, first_user_text: str) -> str:

@@ -84,6 +84,7 @@ async def chat_send(
     options: GenerationOptions,
     before_start: BeforeStart = None,
     retry: bool = False,
+    request_hash: str = "",
 ) -> Turn:
     """Adds a user message and starts its answer. The first message of a new conversation also asks the model
     at once, while its rows are written, unless the client says it is sending it again (`retry`; see
@@ -95,7 +96,12 @@ async def chat_send(
         early = EarlyStart(ChatRequest(asked.model, asked.messages, asked.temperature, asked.max_tokens))
     try:
         turn = await orm(services.message_send)(
-            user=user, client_id=client_id, conversation_id=conversation_id, content=content, options=options
+            user=user,
+            client_id=client_id,
+            conversation_id=conversation_id,
+            content=content,
+            options=options,
+            request_hash=request_hash,
         )
     except BaseException as error:
         if early is not None:
@@ -202,6 +208,7 @@ async def chat_import(
     options: GenerationOptions,
     parameters: dict[str, Any] | None = None,
     token_id: Any = None,
+    request_hash: str = "",
     before_start: BeforeStart = None,
 ) -> Turn:
     """Starts an answer to a conversation given whole (the OpenAI-compatible endpoint): a new one, or the one of
@@ -216,5 +223,6 @@ async def chat_import(
         options=options,
         parameters=parameters,
         token_id=token_id,
+        request_hash=request_hash,
     )
     return await _begin(turn, before_start)

@@ -38,6 +38,7 @@ STATUS_BY_CODE = {
     "quota_exceeded": 429,
     "too_many_requests": 429,
     "context_length_exceeded": 400,
+    "idempotency_key_reused": 422,
     "request_too_large": 413,
     "internal_error": 500,
     "unavailable": 503,

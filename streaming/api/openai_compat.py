@@ -35,7 +35,7 @@ from .authentication import ApiTokenAuthentication
 from .base import AsyncAPIView
 from .errors import ApiError, error_body
 from .sse import KEEPALIVE, AnswerStream, sse_json, start_and_follow
-from .views import _client_id, _flag, _object
+from .views import _client_id, _flag, _object, _request_hash
 
 ROLES = {"system", "developer", "user", "assistant"}
 # The HTTP status of a completion whose answer failed, by the answer's error code; 502 for the others (the
@@ -257,6 +257,7 @@ class ChatCompletionsView(AsyncAPIView):
             options=completion.options,
             parameters=completion.parameters,
             token_id=request.auth.pk,
+            request_hash=_request_hash(request, request.data),
         )
         follower = await start_and_follow(start, ref=None, credential=credential_of(request))
         if completion.stream:

@@ -7,6 +7,8 @@ protocol does not.
 
 import asyncio
 import functools
+import hashlib
+import json
 import uuid
 from typing import Any
 
@@ -96,6 +98,15 @@ def _flag(data: dict[str, Any], field: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidRequest(f"'{field}' must be true or false.", field=field)
     return value
+
+
+def _request_hash(request: Request, data: Any) -> str:
+    """With an explicit Idempotency-Key, a hash of what the request asks (its path and JSON body): a retry under
+    the same key must ask the same, or is refused (422). Without a key, nothing to compare: ''."""
+    if request.headers.get("Idempotency-Key") is None and not (isinstance(data, dict) and "client_id" in data):
+        return ""
+    canonical = json.dumps([request.path, data], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _client_id(request: Request, data: dict[str, Any]) -> str:
@@ -272,11 +283,19 @@ class MessageListView(AsyncAPIView):
             conversation_id=conversation_id,
             content=content,
             options=options,
+            request_hash=_request_hash(request, data),
         )
 
 
 async def _answer(
-    request: Request, *, stream: bool, client_id: str, conversation_id: str, content: str, options: GenerationOptions
+    request: Request,
+    *,
+    stream: bool,
+    client_id: str,
+    conversation_id: str,
+    content: str,
+    options: GenerationOptions,
+    request_hash: str,
 ) -> Any:
     """Sends, then streams the answer (the response owns the follower from then on) or waits for its end."""
     start = functools.partial(
@@ -286,6 +305,7 @@ async def _answer(
         conversation_id=conversation_id,
         content=content,
         options=options,
+        request_hash=request_hash,
     )
     follower = await start_and_follow(start, ref=client_id, credential=credential_of(request))
     if stream:

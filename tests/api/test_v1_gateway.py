@@ -272,3 +272,30 @@ def test_a_call_that_fails_before_the_model_answers_leaves_no_conversation(daphn
     while Conversation.objects.filter(owner=who.user).exists():
         assert time.monotonic() < deadline, "the failed call's conversation is still there"
         time.sleep(0.05)
+
+
+@pytest.mark.e2e
+def test_an_idempotency_key_reused_for_another_request_is_refused(daphne, principal):
+    who = principal()
+    key = unique()
+    url = f"{daphne.origin}/v1/chat/completions"
+    body = {"model": "dev:tokens=3,ttft=0", "messages": [{"role": "user", "content": "Once."}]}
+    headers = {**who.bearer, "Idempotency-Key": key}
+    first = httpx.post(url, json=body, headers=headers, timeout=30)
+    again = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert first.status_code == again.status_code == 200
+    assert first.headers["x-message-id"] == again.headers["x-message-id"], "a retry gets the first answer"
+    other = httpx.post(url, json={**body, "messages": [{"role": "user", "content": "Twice?"}]}, headers=headers)
+    assert other.status_code == 422
+    assert (other.json()["error"]["code"], other.json()["error"]["type"]) == (
+        "idempotency_key_reused",
+        "invalid_request_error",
+    )
+    # The REST API keeps the same rule.
+    rest = httpx.Client(base_url=daphne.origin, headers={**who.bearer, "Idempotency-Key": unique()}, timeout=30)
+    conversation = rest.post("/api/v1/conversations/", json={}).json()["id"]
+    path = f"/api/v1/conversations/{conversation}/messages/"
+    assert rest.post(path, json={"content": "one", "model": "dev:tokens=3,ttft=0"}).status_code == 200
+    assert rest.post(path, json={"content": "one", "model": "dev:tokens=3,ttft=0"}).status_code == 200
+    refused = rest.post(path, json={"content": "two", "model": "dev:tokens=3,ttft=0"})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (422, "idempotency_key_reused")
