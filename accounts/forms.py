@@ -33,6 +33,18 @@ class PreferencesForm(forms.Form):
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What it is for, e.g. “laptop scripts”.")
     lifetime = forms.ChoiceField(choices=TOKEN_LIFETIMES, required=False, label="Expires")
+    models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Only these models",
+        help_text="None ticked: every model.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["models"]
+        assert isinstance(field, forms.MultipleChoiceField)  # noqa: S101 - declared above
+        field.choices = [(model, model) for model in allowed_models()]
 
     def expires_in_days(self) -> int | None:
         lifetime = self.cleaned_data.get("lifetime") or ""

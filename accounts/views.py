@@ -71,7 +71,10 @@ def token_create(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _settings(request, status=400, token_form=form)
     _, key = conversation_services.api_token_create(
-        user=request.user, name=form.cleaned_data["name"].strip(), expires_in_days=form.expires_in_days()
+        user=request.user,
+        name=form.cleaned_data["name"].strip(),
+        expires_in_days=form.expires_in_days(),
+        models=form.cleaned_data["models"],
     )
     # Shown in this response only (never stored, never cached): no redirect to a page that could show it again.
     return _settings(request, new_key=key)

@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
+    "corsheaders",
     # Single sign-on through OpenID Connect (OIDC_*): django-allauth's social accounts, nothing else of it.
     "allauth",
     "allauth.account",
@@ -86,6 +87,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before anything that may answer: a CORS preflight gets its headers (only with API_CORS_ORIGINS).
+    "corsheaders.middleware.CorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -390,6 +393,24 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
 }
+# Browsers on other sites may call the API with a personal token (Authorization header, never cookies) from
+# these origins only; none by default.
+CORS_ALLOWED_ORIGINS = env_list("API_CORS_ORIGINS")
+CORS_URLS_REGEX = r"^/(api/v1|v1)/"
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "idempotency-key", "last-event-id"]
+CORS_EXPOSE_HEADERS = [
+    "x-message-id",
+    "x-conversation-id",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+]
+
 # An event stream with nothing to say sends a comment this often, so proxies and clients keep it open.
 API_KEEPALIVE_SECONDS = env_float("API_KEEPALIVE_SECONDS", 15.0)
 

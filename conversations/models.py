@@ -130,6 +130,9 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: the token works until revoked.")
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text='The models this token may use, e.g. ["gpt-4o-mini"]; empty: every model.'
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -6,7 +6,7 @@ accept and refuse exactly the same things with the same error codes.
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,13 @@ def using_simulator() -> bool:
 def allowed_models() -> list[str]:
     """The models users may pick, the default first."""
     return list(settings.LLM_MODELS)
+
+
+def model_within(model: str, permitted: Sequence[str]) -> None:
+    """Raises ModelNotAllowed unless `permitted` (an API token's models; empty: all) includes the model (its
+    name before any simulator options)."""
+    if permitted and model.partition(":")[0] not in permitted:
+        raise ModelNotAllowed(f"This API token may use only: {', '.join(permitted)}.", field="model")
 
 
 def model_check(model: str) -> None:

@@ -8,7 +8,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +28,7 @@ from conversations.errors import (
     ChatError,
     ConversationBusy,
     IdempotencyKeyReused,
+    InvalidRequest,
     InvalidState,
     NotFound,
     QuotaExceeded,
@@ -36,7 +37,13 @@ from conversations.errors import (
 )
 from conversations.markdown import render_markdown
 from conversations.models import ApiToken, Conversation, Message, Preferences
-from conversations.options import MAX_SYSTEM_CHARS, TITLE_MAX_LENGTH, GenerationOptions, allowed_models
+from conversations.options import (
+    MAX_SYSTEM_CHARS,
+    TITLE_MAX_LENGTH,
+    GenerationOptions,
+    allowed_models,
+    model_within,
+)
 from conversations.text import clean_title
 
 User = AbstractBaseUser | AnonymousUser
@@ -248,9 +255,11 @@ def message_send(
     content: str,
     options: GenerationOptions,
     request_hash: str = "",
+    permitted_models: Sequence[str] = (),
 ) -> Turn:
     """Adds a user message (creating the conversation when none is given) and a `streaming` answer to it.
-    `request_hash` identifies the HTTP request behind an explicit Idempotency-Key (see _idempotent).
+    `request_hash` identifies the HTTP request behind an explicit Idempotency-Key (see _idempotent);
+    `permitted_models` are those an API token may use (empty: all).
 
     A new conversation takes five statements (the transaction, the user's lock with the limits, the
     conversation, both messages at once); a follow-up turn seven, whatever the length of its history.
@@ -260,6 +269,7 @@ def message_send(
         _check_can_generate(user=user, conversation_id=_conversation_pk(conversation_id))
         if conversation_id is None:
             conversation, seq = _new_conversation(user=user, content=content, options=options), 0
+            model_within(conversation.model, permitted_models)
             _insert([conversation])
             # Nothing came before: the prompt is known without asking the database.
             prompt = first_answer_request(user=user, content=content, options=options).messages
@@ -268,6 +278,7 @@ def message_send(
             if not conversation.title:
                 conversation.title = title_from_content(content)
             _apply_options(conversation, options)
+            model_within(conversation.model, permitted_models)
             # Read while the conversation is locked: exactly the turns the new answer follows.
             prompt = [*selectors.conversation_prompt(conversation=conversation), {"role": "user", "content": content}]
             conversation.save(update_fields=["title", "model", "temperature", "system_prompt", "updated_at"])
@@ -586,9 +597,14 @@ def api_key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def api_token_create(*, user: User, name: str, expires_in_days: int | None = None) -> tuple[ApiToken, str]:
-    """Creates a personal API token (working until revoked, or for `expires_in_days`); returns it and its key,
-    which is not stored and cannot be shown again."""
+def api_token_create(
+    *, user: User, name: str, expires_in_days: int | None = None, models: Sequence[str] = ()
+) -> tuple[ApiToken, str]:
+    """Creates a personal API token (working until revoked, or for `expires_in_days`; for every model, or for
+    `models`); returns it and its key, which is not stored and cannot be shown again."""
+    unknown = sorted(set(models) - set(allowed_models()))
+    if unknown:
+        raise InvalidRequest(f"Unknown models: {', '.join(unknown)}.", field="models")
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days is not None else None
     token = ApiToken.objects.create(
@@ -597,6 +613,7 @@ def api_token_create(*, user: User, name: str, expires_in_days: int | None = Non
         prefix=key[: len(API_KEY_PREFIX) + 6],
         key_hash=api_key_hash(key),
         expires_at=expires_at,
+        allowed_models=sorted(set(models)),
     )
     return token, key
 
@@ -660,6 +677,7 @@ def conversation_import(
     parameters: dict[str, Any] | None = None,
     token_id: Any = None,
     request_hash: str = "",
+    permitted_models: Sequence[str] = (),
 ) -> Turn:
     """A conversation given whole (the OpenAI-compatible endpoint): earlier turns as (role, text), then a user
     message `content` and a `streaming` answer to it, asked with the further request `parameters`. A repeated
@@ -680,6 +698,7 @@ def conversation_import(
         if continued is not None:
             conversation, seq = _lock_conversation(user=user, conversation_id=str(continued.pk))
             _apply_options(conversation, options)
+            model_within(conversation.model, permitted_models)
             conversation.save(update_fields=["model", "temperature", "updated_at"])
             earlier: list[Message] = []
         else:
@@ -692,6 +711,7 @@ def conversation_import(
             )
             conversation.model = settings.LLM_MODELS[0]
             _apply_options(conversation, options)
+            model_within(conversation.model, permitted_models)
             conversation.save(force_insert=True)
             earlier = [
                 Message(conversation=conversation, owner_id=_owner_pk(user), seq=seq, role=role, content=text)

@@ -8,7 +8,7 @@ sockets (streaming.events), and start or stop generations.
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -85,6 +85,7 @@ async def chat_send(
     before_start: BeforeStart = None,
     retry: bool = False,
     request_hash: str = "",
+    permitted_models: Sequence[str] = (),
 ) -> Turn:
     """Adds a user message and starts its answer. The first message of a new conversation also asks the model
     at once, while its rows are written, unless the client says it is sending it again (`retry`; see
@@ -102,6 +103,7 @@ async def chat_send(
             content=content,
             options=options,
             request_hash=request_hash,
+            permitted_models=permitted_models,
         )
     except BaseException as error:
         if early is not None:
@@ -209,6 +211,7 @@ async def chat_import(
     parameters: dict[str, Any] | None = None,
     token_id: Any = None,
     request_hash: str = "",
+    permitted_models: Sequence[str] = (),
     before_start: BeforeStart = None,
 ) -> Turn:
     """Starts an answer to a conversation given whole (the OpenAI-compatible endpoint): a new one, or the one of
@@ -224,5 +227,6 @@ async def chat_import(
         parameters=parameters,
         token_id=token_id,
         request_hash=request_hash,
+        permitted_models=permitted_models,
     )
     return await _begin(turn, before_start)

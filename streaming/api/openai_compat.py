@@ -35,7 +35,7 @@ from .authentication import ApiTokenAuthentication
 from .base import AsyncAPIView
 from .errors import ApiError, error_body
 from .sse import KEEPALIVE, AnswerStream, sse_json, start_and_follow
-from .views import _client_id, _flag, _object, _request_hash
+from .views import _client_id, _flag, _object, _request_hash, permitted_models
 
 ROLES = {"system", "developer", "user", "assistant"}
 # The HTTP status of a completion whose answer failed, by the answer's error code; 502 for the others (the
@@ -258,6 +258,7 @@ class ChatCompletionsView(AsyncAPIView):
             parameters=completion.parameters,
             token_id=request.auth.pk,
             request_hash=_request_hash(request, request.data),
+            permitted_models=permitted_models(request),
         )
         follower = await start_and_follow(start, ref=None, credential=credential_of(request))
         if completion.stream:
@@ -360,6 +361,12 @@ async def _chunks(
         await follower.close()
 
 
+def _models_for(request: Request) -> list[str]:
+    """The models the request's token may use, of those configured."""
+    permitted = permitted_models(request)
+    return [model for model in allowed_models() if not permitted or model in permitted]
+
+
 def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "system"}
 
@@ -375,7 +382,7 @@ class ModelListView(APIView):
         tags=["openai"],
     )
     def get(self, request: Request) -> Response:
-        return Response({"object": "list", "data": [_model(model) for model in allowed_models()]})
+        return Response({"object": "list", "data": [_model(model) for model in _models_for(request)]})
 
 
 class ModelDetailView(APIView):
@@ -389,7 +396,7 @@ class ModelDetailView(APIView):
         tags=["openai"],
     )
     def get(self, request: Request, model: str) -> Response:
-        if model not in allowed_models():
+        if model not in _models_for(request):
             raise ApiError("model_not_found", f"The model {model!r} does not exist here.", status=404)
         return Response(_model(model))
 

@@ -111,6 +111,7 @@ class TokenSchema(serializers.Serializer):
     created_at = serializers.DateTimeField()
     last_used_at = serializers.DateTimeField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True, help_text="Null: works until revoked.")
+    models = serializers.ListField(child=serializers.CharField(), help_text="The models it may use; empty: all.")
 
 
 class TokenCreatedSchema(TokenSchema):
@@ -121,4 +122,7 @@ class TokenCreateSchema(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     expires_in_days = serializers.IntegerField(
         min_value=1, max_value=3650, required=False, allow_null=True, help_text="Omitted or null: until revoked."
+    )
+    models = serializers.ListField(
+        child=serializers.CharField(), required=False, allow_null=True, help_text="Omitted, null or empty: all."
     )

@@ -100,6 +100,11 @@ def _flag(data: dict[str, Any], field: str) -> bool:
     return value
 
 
+def permitted_models(request: Request) -> list[str]:
+    """The models the request's API token may use (empty: all, and for a session)."""
+    return list(request.auth.allowed_models) if isinstance(request.auth, ApiToken) else []
+
+
 def _request_hash(request: Request, data: Any) -> str:
     """With an explicit Idempotency-Key, a hash of what the request asks (its path and JSON body): a retry under
     the same key must ask the same, or is refused (422). Without a key, nothing to compare: ''."""
@@ -306,6 +311,7 @@ async def _answer(
         content=content,
         options=options,
         request_hash=request_hash,
+        permitted_models=permitted_models(request),
     )
     follower = await start_and_follow(start, ref=client_id, credential=credential_of(request))
     if stream:
@@ -412,6 +418,7 @@ def _token_payload(token: ApiToken) -> dict[str, Any]:
         "created_at": token.created_at.isoformat(),
         "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
         "expires_at": token.expires_at.isoformat() if token.expires_at else None,
+        "models": token.allowed_models,
     }
 
 
@@ -429,14 +436,18 @@ class TokenListView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = _object(request.data)
-        name, days = data.get("name"), data.get("expires_in_days")
+        name, days, models = data.get("name"), data.get("expires_in_days"), data.get("models") or []
+        if not isinstance(models, list) or not all(isinstance(model, str) for model in models):
+            raise InvalidRequest("'models' must be a list of model names, or null for every model.", field="models")
         if not isinstance(name, str) or not name.strip() or len(name) > 100:
             raise InvalidRequest("'name' must be a non-blank string of at most 100 characters.", field="name")
         if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650):
             raise InvalidRequest(
                 "'expires_in_days' must be a whole number from 1 to 3650, or null.", field="expires_in_days"
             )
-        token, key = services.api_token_create(user=request.user, name=name.strip(), expires_in_days=days)
+        token, key = services.api_token_create(
+            user=request.user, name=name.strip(), expires_in_days=days, models=models
+        )
         return Response({**_token_payload(token), "token": key}, status=201)
 
 

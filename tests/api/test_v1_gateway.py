@@ -299,3 +299,46 @@ def test_an_idempotency_key_reused_for_another_request_is_refused(daphne, princi
     assert rest.post(path, json={"content": "one", "model": "dev:tokens=3,ttft=0"}).status_code == 200
     refused = rest.post(path, json={"content": "two", "model": "dev:tokens=3,ttft=0"})
     assert (refused.status_code, refused.json()["error"]["code"]) == (422, "idempotency_key_reused")
+
+
+def test_a_token_limited_to_some_models_uses_only_those(owner, settings):
+    settings.LLM_MODELS = ["dev", "other"]
+    token, key = services.api_token_create(user=owner, name="cheap only", models=["dev"])
+    assert token.allowed_models == ["dev"]
+    api = Client(headers={"Authorization": f"Bearer {key}"})
+    assert [m["id"] for m in api.get("/v1/models").json()["data"]] == ["dev"]
+    assert api.get("/v1/models/other").status_code == 404
+    refused = completion(api, model="other")
+    assert refused.status_code == 400
+    assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == ("model_not_allowed", "model")
+    conversation = api.post("/api/v1/conversations/", "{}", content_type="application/json").json()["id"]
+    body = json.dumps({"content": "hi", "model": "other"})
+    rest = api.post(f"/api/v1/conversations/{conversation}/messages/", body, content_type="application/json")
+    assert rest.status_code == 400 and rest.json()["error"]["code"] == "model_not_allowed"
+
+
+def test_tokens_are_made_for_known_models_only(owner, settings):
+    settings.LLM_MODELS = ["dev", "other"]
+    browser = Client(headers={"X-CSRFToken": "x" * 32})
+    browser.force_login(owner)
+    browser.cookies["csrftoken"] = "x" * 32
+    made = browser.post("/api/v1/tokens/", json.dumps({"name": "t", "models": ["other"]}), "application/json")
+    assert made.status_code == 201 and made.json()["models"] == ["other"]
+    bad = browser.post("/api/v1/tokens/", json.dumps({"name": "t", "models": ["nope"]}), "application/json")
+    assert (bad.status_code, bad.json()["error"]["field"]) == (400, "models")
+
+
+def test_cors_is_off_by_default_and_allows_only_the_listed_origins_on_the_api(api, settings):
+    preflight = {"HTTP_ORIGIN": "https://app.example.org", "HTTP_ACCESS_CONTROL_REQUEST_METHOD": "POST"}
+    assert "access-control-allow-origin" not in api.options("/v1/chat/completions", **preflight)
+    settings.CORS_ALLOWED_ORIGINS = ["https://app.example.org"]
+    allowed = api.options("/v1/chat/completions", **preflight)
+    assert allowed["access-control-allow-origin"] == "https://app.example.org"
+    assert "idempotency-key" in allowed["access-control-allow-headers"]
+    assert "access-control-allow-credentials" not in allowed, "tokens, never cookies"
+    other = api.options("/v1/chat/completions", **{**preflight, "HTTP_ORIGIN": "https://evil.example.com"})
+    assert "access-control-allow-origin" not in other
+    page = api.options("/accounts/login/", **preflight)
+    assert "access-control-allow-origin" not in page, "only the API"
+    listed = api.get("/v1/models", HTTP_ORIGIN="https://app.example.org")
+    assert "x-message-id" in listed["access-control-expose-headers"]
