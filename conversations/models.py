@@ -42,6 +42,7 @@ class Message(models.Model):
     class Role(models.TextChoices):
         USER = "user"
         ASSISTANT = "assistant"
+        TOOL = "tool"  # a tool's result, sent back by an OpenAI-compatible client (answers `tool_call_id`)
 
     class Feedback(models.TextChoices):
         UP = "up"
@@ -79,6 +80,7 @@ class Message(models.Model):
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     tool_calls = models.JSONField(default=list, blank=True)
+    tool_call_id = models.CharField(max_length=64, blank=True, help_text="The call a tool message answers.")
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     feedback = models.CharField(max_length=8, choices=Feedback.choices, blank=True)

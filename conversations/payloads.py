@@ -4,6 +4,7 @@ The WebSocket, the REST API and its event streams, the exports and the admin all
 functions, so a field means the same thing wherever a client or a reviewer reads it.
 """
 
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from conversations.markdown import render_blocks, render_markdown
@@ -79,6 +80,7 @@ def message_fields(message: Message) -> dict[str, Any]:
         "usage": usage_payload(message),
         "error": error_payload(message.error_code, message.error_message),
         "tool_calls": message.tool_calls,
+        "tool_call_id": message.tool_call_id or None,
         "feedback": message.feedback or None,
         "context_left_out": message.context_left_out,
         "created_at": iso(message.created_at),
@@ -90,3 +92,21 @@ def message_payload(message: Message) -> dict[str, Any]:
     the first `rendered` code points of its content)."""
     html, rendered = rendered_html(message) if message.role == Message.Role.ASSISTANT else ("", 0)
     return {**message_fields(message), "conversation": str(message.conversation_id), "html": html, "rendered": rendered}
+
+
+def openai_tool_call(call: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool call as OpenAI shapes it, from the product's {index, id, name, arguments}."""
+    return {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+
+
+def chat_message(
+    role: str, content: str, tool_calls: Sequence[Mapping[str, Any]] = (), tool_call_id: str = ""
+) -> dict[str, Any]:
+    """A stored message as the model server is sent it (OpenAI's chat message)."""
+    message: dict[str, Any] = {"role": role, "content": content}
+    if tool_calls:
+        message["content"] = content or None
+        message["tool_calls"] = [openai_tool_call(call) for call in tool_calls]
+    if role == "tool":
+        message["tool_call_id"] = tool_call_id
+    return message

@@ -18,6 +18,7 @@ from django.utils import timezone
 from conversations import budget
 from conversations.errors import NotFound
 from conversations.models import ApiToken, Conversation, Message, Preferences, UserQuota
+from conversations.payloads import chat_message
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -150,9 +151,10 @@ def conversation_prompt(
     earlier = Message.objects.filter(conversation_id=conversation.pk, superseded_at__isnull=True)
     if before_seq is not None:
         earlier = earlier.filter(seq__lt=before_seq)
-    # An empty answer (failed before its first token) carries nothing the model needs to see.
-    turns = earlier.exclude(content="").order_by("seq").values_list("role", "content")
-    prompt.extend({"role": role, "content": content} for role, content in turns)
+    rows = earlier.order_by("seq").values_list("role", "content", "tool_calls", "tool_call_id")
+    # An empty answer (failed before its first token) carries nothing the model needs to see; one that only
+    # called tools does.
+    prompt.extend(chat_message(*row) for row in rows if row[1] or row[2])
     return prompt
 
 

@@ -44,6 +44,7 @@ from conversations.options import (
     allowed_models,
     model_within,
 )
+from conversations.payloads import chat_message
 from conversations.text import clean_title
 
 User = AbstractBaseUser | AnonymousUser
@@ -666,34 +667,62 @@ def conversation_update(
     return conversation
 
 
+@dataclass(frozen=True)
+class HistoryMessage:
+    """A message an OpenAI-compatible client sends: its role, text, the tool calls of an assistant message (the
+    product's {index, id, name, arguments}) and the call a tool message answers."""
+
+    role: str
+    content: str
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_call_id: str = ""
+
+
 def conversation_import(
     *,
     user: User,
     client_id: str,
     system: str,
-    history: list[tuple[str, str]],
-    content: str,
+    history: list[HistoryMessage],
+    new: list[HistoryMessage],
     options: GenerationOptions,
     parameters: dict[str, Any] | None = None,
     token_id: Any = None,
     request_hash: str = "",
     permitted_models: Sequence[str] = (),
 ) -> Turn:
-    """A conversation given whole (the OpenAI-compatible endpoint): earlier turns as (role, text), then a user
-    message `content` and a `streaming` answer to it, asked with the further request `parameters`. A repeated
-    `client_id` finds the rows of its first attempt.
+    """A conversation given whole (the OpenAI-compatible endpoint): the earlier messages (`history`), the new
+    ones this call adds (a user message, or the results of the tools the last answer called) and a `streaming`
+    answer to them, asked with the further request `parameters`. A repeated `client_id` finds the rows of its
+    first attempt.
 
     One client thread is one conversation: when `history` is exactly the live transcript of a conversation the
-    same token made (same system prompt), the turn is added to it; otherwise a new conversation records the
-    token that made it.
+    same token made (same system prompt), the new messages are added to it; otherwise a new conversation,
+    which records the token that made it, holds them all.
     """
-    first_user_text = next((text for role, text in history if role == Message.Role.USER), content)
+    texts = [message.content for message in [*history, *new] if message.role == Message.Role.USER]
+    first_user_text = texts[0] if texts else ""
     opening = _opening_hash(system, first_user_text)
+
+    def row(conversation: Conversation, seq: int, message: HistoryMessage) -> Message:
+        return Message(
+            conversation=conversation,
+            owner_id=_owner_pk(user),
+            seq=seq,
+            role=message.role,
+            content=message.content,
+            tool_calls=list(message.tool_calls),
+            tool_call_id=message.tool_call_id,
+        )
 
     def create() -> Turn:
         _check_can_generate(user=user, conversation_id=None)
         continued = selectors.conversation_continued(
-            user=user, token_id=token_id, opening_hash=opening, system=system, history=history
+            user=user,
+            token_id=token_id,
+            opening_hash=opening,
+            system=system,
+            history=[(message.role, message.content) for message in history],
         )
         if continued is not None:
             conversation, seq = _lock_conversation(user=user, conversation_id=str(continued.pk))
@@ -713,23 +742,25 @@ def conversation_import(
             _apply_options(conversation, options)
             model_within(conversation.model, permitted_models)
             conversation.save(force_insert=True)
-            earlier = [
-                Message(conversation=conversation, owner_id=_owner_pk(user), seq=seq, role=role, content=text)
-                for seq, (role, text) in enumerate(history, start=1)
-            ]
+            earlier = [row(conversation, number, message) for number, message in enumerate(history, start=1)]
             seq = len(history)
-        user_message = _new_user_message(
-            conversation=conversation, seq=seq + 1, content=content, client_id=client_id, request_hash=request_hash
+        added = [row(conversation, seq + number, message) for number, message in enumerate(new, start=1)]
+        # The idempotency key (and the request's hash) go on the first new message, as a send's on its own.
+        added[0].client_id, added[0].request_hash = client_id, request_hash
+        answer = _new_answer(
+            conversation=conversation, seq=seq + len(new) + 1, max_tokens=options.max_tokens, client_id=""
         )
-        answer = _new_answer(conversation=conversation, seq=seq + 2, max_tokens=options.max_tokens, client_id="")
         answer.parameters = parameters or {}
-        Message.objects.bulk_create([*earlier, user_message, answer])
+        Message.objects.bulk_create([*earlier, *added, answer])
         prompt = [{"role": "system", "content": system}] if system else []
-        prompt += [{"role": role, "content": text} for role, text in history if text]
-        prompt.append({"role": "user", "content": content})
+        prompt += [
+            chat_message(message.role, message.content, message.tool_calls, message.tool_call_id)
+            for message in [*history, *new]
+            if message.content or message.tool_calls
+        ]
         return Turn(
             conversation=conversation,
-            user_message=user_message,
+            user_message=added[-1] if added[-1].role == Message.Role.USER else None,
             assistant_message=answer,
             created=True,
             prompt=prompt,

@@ -220,12 +220,15 @@ def _document(rng: random.Random) -> str:
 def answer_text(messages: list[dict[str, Any]], options: DevOptions) -> str:
     """The exact content text the simulator streams for these messages and options (before `max_tokens`).
 
-    With `echo` it is the last user message; with `tools` there is no content (a tool call is streamed);
-    otherwise generated markdown, seeded by the last user message and cut to `options.tokens` deltas.
+    With `echo` it is the last user message; after a tool's result (the last message has role `tool`), a
+    sentence that quotes it; with `tools` there is no content (a tool call is streamed); otherwise generated
+    markdown, seeded by the last user message and cut to `options.tokens` deltas.
     """
     prompt = _LONE_SURROGATE.sub("\ufffd", _last_user_text(messages))
     if options.echo:
         return prompt
+    if _answers_tool_result(messages):
+        return "The tool answered: " + _LONE_SURROGATE.sub("\ufffd", _text_of(messages[-1].get("content")))
     if options.tools:
         return ""
     rng = random.Random(hashlib.sha256(prompt.encode()).digest())  # noqa: S311 - filler text, not secrets
@@ -235,11 +238,21 @@ def answer_text(messages: list[dict[str, Any]], options: DevOptions) -> str:
     return "".join(pieces[: options.tokens])
 
 
-def _tool_call(messages: list[dict[str, Any]]) -> tuple[str, str]:
-    """The name and JSON arguments of the tool call streamed in `tools` mode."""
+def _answers_tool_result(messages: list[Any]) -> bool:
+    return bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+
+
+def _tool_call(messages: list[dict[str, Any]], tools: Any = None) -> tuple[str, str]:
+    """The name and JSON arguments of the tool call streamed in `tools` mode: the first tool the request offers
+    (`search_docs` if it offers none)."""
     query = _LONE_SURROGATE.sub("\ufffd", _last_user_text(messages))[:60]
     arguments = {"query": query, "language": "fr", "limit": 3, "note": "café ☕ 東京"}
-    return "search_docs", json.dumps(arguments, ensure_ascii=False)
+    name = "search_docs"
+    if isinstance(tools, list) and tools and isinstance(tools[0], dict):
+        function = tools[0].get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            name = function["name"]
+    return name, json.dumps(arguments, ensure_ascii=False)
 
 
 # --- records -----------------------------------------------------------------------------------------------
@@ -257,6 +270,8 @@ class RequestRecord:
     prompt: str  # the last user message
     started: float  # time.monotonic()
     messages: int = 0  # how many messages the request sent (system prompt included)
+    # Each message's role, with "+tools" for an assistant message that calls tools: what the request sent.
+    roles: list[str] = field(default_factory=list)
     # The request's other fields (stop, seed, top_p, response_format...), as received; not acted upon.
     parameters: dict[str, Any] = field(default_factory=dict)
     tokens_sent: int = 0
@@ -280,11 +295,25 @@ class DevStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(
-        self, *, model: str, key: str, prompt: str, messages: int = 0, parameters: dict[str, Any] | None = None
+        self,
+        *,
+        model: str,
+        key: str,
+        prompt: str,
+        messages: int = 0,
+        parameters: dict[str, Any] | None = None,
+        roles: list[str] | None = None,
     ) -> RequestRecord:
         with self._lock:
             record = RequestRecord(
-                next(self._seq), model, key, prompt, time.monotonic(), messages=messages, parameters=parameters or {}
+                next(self._seq),
+                model,
+                key,
+                prompt,
+                time.monotonic(),
+                messages=messages,
+                parameters=parameters or {},
+                roles=roles or [],
             )
             self.records.append(record)
             return record
@@ -526,6 +555,11 @@ class DevLLM:
             prompt=_last_user_text(messages),
             messages=len(messages),
             parameters={name: value for name, value in body.items() if name not in known},
+            roles=[
+                str(message.get("role")) + ("+tools" if message.get("tool_calls") else "")
+                for message in messages
+                if isinstance(message, dict)
+            ],
         )
         if name not in self.models:
             record.end("error")
@@ -588,8 +622,9 @@ class _Answer:
             len(_text_of(message.get("content")).split()) for message in messages if isinstance(message, dict)
         )
         deltas: list[dict[str, Any]]
-        if options.tools:
-            self.tool_name, arguments = _tool_call(messages)
+        self.calls_tool = options.tools and not _answers_tool_result(messages)
+        if self.calls_tool:
+            self.tool_name, arguments = _tool_call(messages, body.get("tools"))
             function = {"name": self.tool_name, "arguments": ""}
             first = {"index": 0, "id": "call_devllm_0", "type": "function", "function": function}
             pieces = [{"index": 0, "function": {"arguments": piece}} for piece in tokenize(arguments)]
@@ -613,7 +648,7 @@ class _Answer:
     def whole(self) -> dict[str, Any]:
         """The non-streaming response body."""
         message: dict[str, Any] = {"role": "assistant", "content": None}
-        if self.options.tools:
+        if self.calls_tool:
             arguments = "".join(delta["tool_calls"][0]["function"].get("arguments", "") for delta in self.deltas)
             function = {"name": self.tool_name, "arguments": arguments}
             message["tool_calls"] = [{"id": "call_devllm_0", "type": "function", "function": function}]

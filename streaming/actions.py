@@ -18,7 +18,7 @@ from conversations.errors import ChatError, InvalidState, Unavailable
 from conversations.models import Conversation, Message
 from conversations.options import GenerationOptions
 from conversations.payloads import conversation_payload, message_payload
-from conversations.services import Turn, User
+from conversations.services import HistoryMessage, Turn, User
 from streaming import events
 from streaming.aio import orm
 from streaming.events import get_bus
@@ -205,8 +205,8 @@ async def chat_import(
     user: User,
     client_id: str,
     system: str,
-    history: list[tuple[str, str]],
-    content: str,
+    history: list[HistoryMessage],
+    new: list[HistoryMessage],
     options: GenerationOptions,
     parameters: dict[str, Any] | None = None,
     token_id: Any = None,
@@ -222,7 +222,7 @@ async def chat_import(
         client_id=client_id,
         system=system,
         history=history,
-        content=content,
+        new=new,
         options=options,
         parameters=parameters,
         token_id=token_id,

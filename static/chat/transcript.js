@@ -72,8 +72,19 @@ export class MessageView {
     this.meta = element("footer", "message-meta");
     this.node.append(this.body, this.meta);
     if (this.role === "assistant") this.initAnswer(payload);
+    else if (this.role === "tool") this.initToolResult(payload);
     else this.initUser(payload);
     this.setStatus(payload.status, payload);
+  }
+
+  /** A tool's result that an API client sent back (docs/api.md): shown as it came, not editable. */
+  initToolResult(payload) {
+    this.text = payload.content;
+    this.length = codePoints(this.text);
+    this.body.append(element("div", "tool-label", "Tool result"), element("pre", "plain", this.text));
+    this.actions = element("span", "actions");
+    this.actions.append(button("Copy", "copy", { title: "Copy this result" }));
+    this.meta.append(this.actions);
   }
 
   initUser(payload) {

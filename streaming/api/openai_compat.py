@@ -26,7 +26,8 @@ from conversations import budget, selectors
 from conversations.errors import ChatError, ContextLengthExceeded, InvalidRequest
 from conversations.models import Message
 from conversations.options import MAX_SYSTEM_CHARS, GenerationOptions, allowed_models, content_from, options_from
-from conversations.payloads import error_payload, usage_payload
+from conversations.payloads import error_payload, openai_tool_call, usage_payload
+from conversations.services import HistoryMessage
 from streaming.access import credential_of
 from streaming.actions import chat_cancel, chat_delete, chat_import
 from streaming.aio import orm, spawn
@@ -37,7 +38,7 @@ from .errors import ApiError, error_body
 from .sse import KEEPALIVE, AnswerStream, sse_json, start_and_follow
 from .views import _client_id, _flag, _object, _request_hash, permitted_models
 
-ROLES = {"system", "developer", "user", "assistant"}
+ROLES = {"system", "developer", "user", "assistant", "tool"}
 # The HTTP status of a completion whose answer failed, by the answer's error code; 502 for the others (the
 # model server failed, not the client).
 FAILURE_STATUS = {
@@ -53,8 +54,8 @@ FAILURE_STATUS = {
 @dataclass(frozen=True)
 class Completion:
     system: str
-    history: list[tuple[str, str]]
-    content: str
+    history: list[HistoryMessage]
+    new: list[HistoryMessage]  # what this call adds: a user message, or tools' results
     options: GenerationOptions
     stream: bool
     include_usage: bool
@@ -83,6 +84,39 @@ def _logit_bias(value: Any) -> bool:
     )
 
 
+def _function(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("name"), str) and 0 < len(value["name"]) <= 64
+
+
+def _is_function_tool(tool: Any) -> bool:
+    return isinstance(tool, dict) and tool.get("type") == "function" and _function(tool.get("function"))
+
+
+def _tools(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and 0 < len(value) <= 128
+        and all(
+            isinstance(tool, dict) and tool.get("type") == "function" and _function(tool.get("function"))
+            for tool in value
+        )
+    )
+
+
+def _tool_choice(value: Any) -> bool:
+    if value in ("none", "auto", "required"):
+        return True
+    return isinstance(value, dict) and value.get("type") == "function" and _function(value.get("function"))
+
+
+def _functions(value: Any) -> bool:
+    return isinstance(value, list) and 0 < len(value) <= 128 and all(_function(function) for function in value)
+
+
+def _function_call(value: Any) -> bool:
+    return value in ("none", "auto") or _function(value)
+
+
 def _response_format(value: Any) -> bool:
     if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
         return False
@@ -102,6 +136,13 @@ PASSED_THROUGH: dict[str, tuple[Callable[[Any], bool], str]] = {
     "user": (lambda v: isinstance(v, str) and len(v) <= 256, "a string of at most 256 characters"),
     "logprobs": (lambda v: isinstance(v, bool), "true or false"),
     "top_logprobs": (_number(0, 20, integer=True), "an integer from 0 to 20"),
+    # Tool calling, as OpenAI defines it (and its legacy `functions`): the model's calls come back in the
+    # answer (`delta.tool_calls`, `message.tool_calls`, finish_reason "tool_calls").
+    "tools": (_tools, 'a list of up to 128 tools of type "function", each with a function name'),
+    "tool_choice": (_tool_choice, '"none", "auto", "required" or a named function'),
+    "parallel_tool_calls": (lambda v: isinstance(v, bool), "true or false"),
+    "functions": (_functions, "a list of up to 128 functions, each with a name"),
+    "function_call": (_function_call, '"none", "auto" or a named function'),
 }
 
 
@@ -129,13 +170,53 @@ def _text(content: Any, field: str) -> str:
     raise InvalidRequest(f"'{field}' must be a string or a list of text parts.", field=field)
 
 
+def _history_message(role: str, message: dict[str, Any], field: str) -> HistoryMessage:
+    """One user, assistant or tool message of a request, checked: an assistant message may call tools (its
+    content then may be null), a tool message answers one call (`tool_call_id`)."""
+    if role == Message.Role.ASSISTANT and message.get("tool_calls") is not None:
+        calls = message["tool_calls"]
+        if not isinstance(calls, list) or not calls or not all(_is_call(call) for call in calls):
+            raise InvalidRequest(
+                f"'{field}.tool_calls' must be a list of calls with an id, type \"function\" and a function name "
+                "and arguments.",
+                field=f"{field}.tool_calls",
+            )
+        content = message.get("content")
+        text = "" if content is None else _text(content, f"{field}.content")
+        tool_calls = tuple(
+            {
+                "index": index,
+                "id": call["id"],
+                "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"],
+            }
+            for index, call in enumerate(calls)
+        )
+        return HistoryMessage(role, text, tool_calls)
+    text = _text(message.get("content"), f"{field}.content")
+    if role == Message.Role.TOOL:
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str) or not 0 < len(call_id) <= 64:
+            raise InvalidRequest(f"'{field}.tool_call_id' must name the call answered.", field=f"{field}.tool_call_id")
+        return HistoryMessage(role, text, tool_call_id=call_id)
+    return HistoryMessage(role, text)
+
+
+def _is_call(call: Any) -> bool:
+    return (
+        isinstance(call, dict)
+        and isinstance(call.get("id"), str)
+        and 0 < len(call["id"]) <= 64
+        and call.get("type", "function") == "function"
+        and _function(call.get("function"))
+        and isinstance(call["function"].get("arguments"), str)
+    )
+
+
 def parse_completion(body: dict[str, Any]) -> Completion:
     """A chat completion request, checked with the chat's own rules (models, limits); unknown fields are ignored."""
     if not isinstance(body.get("model"), str):
         raise InvalidRequest("'model' is required.", field="model")
-    for unsupported in ("tools", "functions"):
-        if body.get(unsupported):
-            raise InvalidRequest(f"'{unsupported}' is not supported by this server.", field=unsupported)
     if body.get("n") not in (None, 1):  # SDKs send null for "the default"
         raise InvalidRequest("Only one choice ('n': 1) is supported.", field="n")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -144,33 +225,40 @@ def parse_completion(body: dict[str, Any]) -> Completion:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty list.", field="messages")
     system: list[str] = []
-    turns: list[tuple[str, str]] = []
+    turns: list[HistoryMessage] = []
     for index, message in enumerate(messages):
         field = f"messages[{index}]"
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ROLES:
             raise InvalidRequest(f"'{field}.role' must be one of: {', '.join(sorted(ROLES))}.", field=f"{field}.role")
-        text = _text(message.get("content"), f"{field}.content")
         if role in ("system", "developer"):
-            system.append(text)
+            system.append(_text(message.get("content"), f"{field}.content"))
         else:
-            turns.append((str(role), text))
-    if not turns or turns[-1][0] != Message.Role.USER:
-        raise InvalidRequest("The last message must be a user message.", field=f"messages[{len(messages) - 1}]")
-    try:
-        content = content_from({"content": turns[-1][1]})
-    except ChatError as exc:
-        exc.field = f"messages[{len(messages) - 1}].content"
-        raise
+            turns.append(_history_message(str(role), message, field))
+    last = len(messages) - 1
+    if not turns or turns[-1].role not in (Message.Role.USER, Message.Role.TOOL):
+        raise InvalidRequest("The last message must be a user message or a tool's result.", field=f"messages[{last}]")
+    if turns[-1].role == Message.Role.USER:
+        try:
+            content_from({"content": turns[-1].content})
+        except ChatError as exc:
+            exc.field = f"messages[{last}].content"
+            raise
+        new = turns[-1:]
+    else:  # the results of the tools the last answer called
+        start = len(turns)
+        while start > 0 and turns[start - 1].role == Message.Role.TOOL:
+            start -= 1
+        new = turns[start:]
     system_prompt = "\n\n".join(system)
     if len(system_prompt) > MAX_SYSTEM_CHARS:
         raise InvalidRequest(f"System messages are limited to {MAX_SYSTEM_CHARS} characters.", field="messages")
-    _check_context(options, [system_prompt, *(text for _, text in turns)])
+    _check_context(options, [system_prompt, *(message.content for message in turns)])
     stream_options = body.get("stream_options") or {}
     return Completion(
         system=system_prompt,
-        history=turns[:-1],
-        content=content,
+        history=turns[: len(turns) - len(new)],
+        new=new,
         options=options,
         stream=body.get("stream") is not None and _flag(body, "stream"),
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
@@ -218,7 +306,10 @@ class _Envelope:
         return f"data: {sse_json({**body, 'system_fingerprint': None, **fields})}\n\n".encode()
 
     def completion(self, answer: Message) -> dict[str, Any]:
-        message = {"role": "assistant", "content": answer.content, "refusal": None}
+        message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None}
+        if answer.tool_calls:
+            message["content"] = answer.content or None
+            message["tool_calls"] = [openai_tool_call(call) for call in answer.tool_calls]
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -253,7 +344,7 @@ class ChatCompletionsView(AsyncAPIView):
             client_id=client_id,
             system=completion.system,
             history=completion.history,
-            content=completion.content,
+            new=completion.new,
             options=completion.options,
             parameters=completion.parameters,
             token_id=request.auth.pk,
@@ -332,6 +423,7 @@ async def _chunks(
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     ended = False  # by the answer's end, or by the server (a revoked token): not by the client going away
+    tools = _ToolCallFragments()
     try:
         yield envelope.chunk({"role": "assistant", "content": ""})
         async for event in events:
@@ -343,6 +435,10 @@ async def _chunks(
                 return
             elif event["type"] == "delta" and event["message"] == follower.answer and event["text"]:
                 yield envelope.chunk({"content": event["text"]})
+            elif event["type"] == "tool_calls" and event["message"] == follower.answer:
+                fragments = tools.deltas(event["tool_calls"])
+                if fragments:
+                    yield envelope.chunk({"tool_calls": fragments})
             elif event["type"] == "done" and event["message"] == follower.answer:
                 ended = True
                 if event["status"] != Message.Status.COMPLETE:
@@ -359,6 +455,26 @@ async def _chunks(
         if not ended:
             _abandoned(request, follower)
         await follower.close()
+
+
+class _ToolCallFragments:
+    """Turns the product's `tool_calls` events (each call whole so far) into OpenAI's `delta.tool_calls`: a
+    call's first fragment has its index, id, type and name; later ones only the arguments that are new."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, int] = {}  # index -> length of the arguments sent
+
+    def deltas(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        fragments = []
+        for call in calls:
+            index, arguments = call["index"], call["arguments"]
+            if index not in self.sent:
+                function = {"name": call["name"], "arguments": arguments}
+                fragments.append({"index": index, "id": call["id"], "type": "function", "function": function})
+            elif len(arguments) > self.sent[index]:
+                fragments.append({"index": index, "function": {"arguments": arguments[self.sent[index] :]}})
+            self.sent[index] = len(arguments)
+        return fragments
 
 
 def _models_for(request: Request) -> list[str]:

@@ -43,6 +43,7 @@ class MessageSchema(serializers.Serializer):
     usage = UsageSchema(allow_null=True)
     error = AnswerErrorSchema(allow_null=True)
     tool_calls = serializers.ListField(child=serializers.DictField())
+    tool_call_id = serializers.CharField(allow_null=True, help_text="For a tool's result: the call it answers.")
     feedback = serializers.ChoiceField(choices=["up", "down"], allow_null=True)
     context_left_out = serializers.IntegerField(
         help_text="Earlier messages left out of this answer's prompt to fit the model's context (0: none)."

@@ -106,11 +106,12 @@ def permitted_models(request: Request) -> list[str]:
 
 
 def _request_hash(request: Request, data: Any) -> str:
-    """With an explicit Idempotency-Key, a hash of what the request asks (its path and JSON body): a retry under
-    the same key must ask the same, or is refused (422). Without a key, nothing to compare: ''."""
+    """With an explicit idempotency key, a hash of what the request asks (its path and JSON body, less the key
+    itself): a retry under the same key must ask the same, or is refused (422). Without a key, ''."""
     if request.headers.get("Idempotency-Key") is None and not (isinstance(data, dict) and "client_id" in data):
         return ""
-    canonical = json.dumps([request.path, data], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    asked = {name: value for name, value in data.items() if name != "client_id"} if isinstance(data, dict) else data
+    canonical = json.dumps([request.path, asked], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

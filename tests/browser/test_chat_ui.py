@@ -3,6 +3,7 @@
 import contextlib
 import re
 import uuid
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -290,3 +291,26 @@ def test_an_answer_says_when_earlier_messages_were_left_out_to_fit_the_context(d
     assert first.count() == 0
     assert re.fullmatch(r"\d+ earlier messages? (was|were) left out to fit the model's context", last.inner_text())
     assert saved(answers[-1]).context_left_out > 0
+
+
+def test_a_conversation_with_tool_calls_shows_the_call_and_the_result(daphne, login):
+    user, context = login(daphne)
+    conversation = Conversation.objects.create(owner=user, title="Weather", model="dev")
+    call = {"index": 0, "id": "call_1", "name": "get_weather", "arguments": '{"city": "Lyon"}'}
+    rows: list[dict[str, Any]] = [
+        {"role": "user", "content": "Weather in Lyon?"},
+        {"role": "assistant", "content": "", "tool_calls": [call], "finish_reason": "tool_calls"},
+        {"role": "tool", "content": '{"sky": "clear"}', "tool_call_id": "call_1"},
+        {"role": "assistant", "content": "Clear skies in Lyon."},
+    ]
+    for seq, fields in enumerate(rows, start=1):
+        Message.objects.create(conversation=conversation, owner=user, seq=seq, **fields)
+    page = context.new_page()
+    page.goto(f"{daphne.origin}/c/{conversation.pk}/")
+    page.wait_for_selector(".message.tool")
+    tool = page.locator(".message.tool")
+    assert tool.locator(".tool-label").inner_text() == "Tool result"
+    assert tool.locator("pre").inner_text() == '{"sky": "clear"}'
+    assert tool.locator(".edit").count() == 0
+    assert "get_weather" in page.locator(".message.assistant").first.inner_text()
+    assert page.locator(".message.assistant").last.inner_text().startswith("Clear skies in Lyon.")
