@@ -1,12 +1,15 @@
-"""Tool calling through /v1 with the official SDK, against real daphne and the simulator's tool mode: the
-model's calls reach the client in OpenAI's exact shape (streamed and not), and a tool's result sent back is
-forwarded, answered and recorded in the same conversation."""
+"""Tool calling through /v1 with the official SDK and LangChain's bind_tools, against real daphne and the
+simulator's tool mode: the model's calls reach the client in OpenAI's exact shape (streamed and not), and a
+tool's result sent back is forwarded, answered and recorded in the same conversation."""
 
 import json
 from typing import Any
 
 import openai
 import pytest
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
 
 from conversations.models import Conversation, Message
 from tests.support import unique
@@ -111,3 +114,21 @@ def test_malformed_tool_messages_are_refused_naming_the_field(daphne, principal,
             model="dev", messages=[{"role": "user", "content": "Hi"}, message, {"role": "user", "content": "And?"}]
         )
     assert refused.value.body["param"] == param  # type: ignore[index]
+
+
+def test_langchain_bind_tools_round_trips_a_call_and_its_result(daphne, principal):
+    @tool
+    def get_weather(query: str) -> str:
+        """The weather in a city."""
+        return '{"sky": "clear"}'
+
+    llm = ChatOpenAI(
+        model="dev:tools,ttft=0", base_url=f"{daphne.origin}/v1", api_key=principal().token, max_retries=0, timeout=30
+    ).bind_tools([get_weather])
+    history: list[Any] = [HumanMessage("Weather in Lyon?")]
+    asked = llm.invoke(history)
+    [call] = asked.tool_calls
+    assert call["name"] == "get_weather" and call["args"]["query"] == "Weather in Lyon?"
+    history += [asked, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
+    answered = llm.invoke(history)
+    assert answered.content == 'The tool answered: {"sky": "clear"}'
