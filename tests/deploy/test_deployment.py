@@ -313,3 +313,11 @@ async def test_nginx_limits_the_rate_of_login_attempts_per_address(deployment):
         assert 429 in statuses
         # The rest of the site is not limited with it.
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_an_oversized_body_is_refused_by_nginx_in_the_apis_json_shape(deployment):
+    async with httpx.AsyncClient(base_url=deployment.nginx.origin, timeout=10) as client:
+        response = await client.post("/v1/chat/completions", content=b"x" * 1_100_000)
+    assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]["code"] == "request_too_large"
