@@ -184,11 +184,15 @@ def conversation_messages_page(
 
 
 def conversation_list_for_user(
-    *, user: User, query: str = "", offset: int = 0, limit: int = CONVERSATION_PAGE
+    *, user: User, query: str = "", offset: int = 0, limit: int = CONVERSATION_PAGE, source: str = ""
 ) -> tuple[list[tuple[Conversation, bool]], bool]:
     """The user's conversations, most recently active first, each with whether an answer is being written in
-    it; `query` matches titles and the text of live messages. Also whether more remain after this page."""
-    conversations = Conversation.objects.filter(owner_id=user.pk).annotate(
+    it; `query` matches titles and the text of live messages, `source` keeps those made in the chat ("chat")
+    or through an API token ("api"). Also whether more remain after this page."""
+    conversations = Conversation.objects.filter(owner_id=user.pk)
+    if source:
+        conversations = conversations.filter(api_token__isnull=source == "chat")
+    conversations = conversations.annotate(
         live=Exists(Message.objects.filter(conversation=OuterRef("pk"), status=Message.Status.STREAMING))
     )
     if query:

@@ -348,11 +348,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # From now on this socket shows the list, and gets its changes (see `deliver`).
         self.shows_list = True
         page, has_more = await orm(selectors.conversation_list_for_user)(
-            user=self.user, query=request.query, offset=request.offset
+            user=self.user, query=request.query, offset=request.offset, source=request.source
         )
         event = {
             "type": "conversations",
             "query": request.query,
+            "source": request.source,
             "offset": request.offset,
             "conversations": [conversation_payload(conversation, live=live) for conversation, live in page],
             "has_more": has_more,

@@ -82,6 +82,7 @@ class ListConversations:
     query: str
     offset: int
     id: str | None = None
+    source: str = ""  # "chat" or "api" (made through /v1): only those; "" for all
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,10 @@ def _request(data: dict[str, Any], ref: str | None) -> Request:
     if kind == "conversations":
         query = fields.string("query", required=False, max_length=200) or ""
         offset = fields.number("offset", low=0, high=2**31, integer=True) or 0
-        return ListConversations(query=query.strip(), offset=int(offset), id=ref)
+        source = fields.string("source", required=False, max_length=8) or ""
+        if source not in SOURCES:
+            raise fields.fail("source", 'must be "chat", "api" or absent')
+        return ListConversations(query=query.strip(), offset=int(offset), id=ref, source=source)
     if kind == "rename":
         title = clean_title(fields.required_string("title", max_length=TITLE_MAX_LENGTH))
         if not title:
@@ -209,6 +213,9 @@ def _request(data: dict[str, Any], ref: str | None) -> Request:
     if kind == "ping":
         return Ping(id=ref)
     raise ProtocolError("unknown_type", f"Unknown request type {kind!r}.", ref)
+
+
+SOURCES = ("", "chat", "api")  # where conversations were made: anywhere, in the chat, through /v1
 
 
 def _required_id(fields: Fields, name: str) -> str:

@@ -10,6 +10,7 @@ const ui = {
   openSidebar: $("open-sidebar"),
   closeSidebar: $("close-sidebar"),
   search: $("search"),
+  source: $("source"),
   conversations: $("conversations"),
   moreConversations: $("more-conversations"),
   noConversations: $("no-conversations"),
@@ -45,6 +46,7 @@ const state = {
   follow: true, // the transcript follows new text until the reader scrolls up
   conversations: new Map(), // id -> conversation payload, for the sidebar
   query: "",
+  source: "", // "chat" or "api": only conversations made there ("" for all)
   listed: 0,
   signedOut: false, // the server closed the socket: the session no longer lets this page in
 };
@@ -162,6 +164,7 @@ const handlers = {
   conversation(event) {
     const known = state.conversations.get(event.conversation.id);
     if (!known && !event.conversation.title) return; // only a live flag for a conversation not in the list
+    if (!known && state.source && (event.conversation.api_token === null) !== (state.source === "chat")) return;
     const merged = { ...known, ...event.conversation };
     state.conversations.set(merged.id, merged);
     renderSidebarItem(merged, { toTop: Boolean(event.conversation.updated_at) && !state.query });
@@ -174,7 +177,7 @@ const handlers = {
     if (event.conversation === state.conversation) setConversation(null, { push: true });
   },
   conversations(event) {
-    if (event.query !== state.query) return; // a reply to a search the user has since changed
+    if (event.query !== state.query || event.source !== state.source) return; // a search since changed
     if (event.offset === 0) {
       state.conversations.clear();
       ui.conversations.replaceChildren();
@@ -237,7 +240,7 @@ function setConversation(id, { push = false, reopen = true } = {}) {
 }
 
 function listConversations(offset) {
-  connection.send({ type: "conversations", query: state.query, offset });
+  connection.send({ type: "conversations", query: state.query, source: state.source, offset });
 }
 
 function renderSidebarItem(conversation, { toTop }) {
@@ -306,6 +309,10 @@ ui.search.addEventListener("input", () => {
     state.query = ui.search.value.trim();
     listConversations(0);
   }, 250);
+});
+ui.source.addEventListener("change", () => {
+  state.source = ui.source.value;
+  listConversations(0);
 });
 ui.moreConversations.addEventListener("click", () => listConversations(state.listed));
 ui.newChat.addEventListener("click", (event) => {

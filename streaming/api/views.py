@@ -160,6 +160,7 @@ class ConversationListView(APIView):
         summary="List conversations, most recently active first",
         parameters=[
             OpenApiParameter("search", str, description="Matches titles and message texts."),
+            OpenApiParameter("source", str, enum=["chat", "api"], description="Made in the chat, or through /v1."),
             OpenApiParameter("offset", int),
             OpenApiParameter("limit", int, description=f"1 to {MAX_PAGE}, default {CONVERSATION_PAGE}."),
         ],
@@ -169,10 +170,13 @@ class ConversationListView(APIView):
         query = request.query_params.get("search", "").strip()[:200]
         if "\x00" in query:  # PostgreSQL refuses NUL in text (a query string can spell it: %00)
             raise InvalidRequest("'search' must not contain NUL characters.", field="search")
+        source = request.query_params.get("source", "")
+        if source not in ("", "chat", "api"):
+            raise InvalidRequest("'source' must be chat or api.", field="source")
         offset = _query_int(request, "offset", default=0, low=0, high=2**31) or 0
         limit = _query_int(request, "limit", default=CONVERSATION_PAGE, low=1, high=MAX_PAGE) or CONVERSATION_PAGE
         page, has_more = selectors.conversation_list_for_user(
-            user=request.user, query=query, offset=offset, limit=limit
+            user=request.user, query=query, offset=offset, limit=limit, source=source
         )
         return Response(
             {

@@ -314,3 +314,26 @@ def test_a_conversation_with_tool_calls_shows_the_call_and_the_result(daphne, lo
     assert tool.locator(".edit").count() == 0
     assert "get_weather" in page.locator(".message.assistant").first.inner_text()
     assert page.locator(".message.assistant").last.inner_text().startswith("Clear skies in Lyon.")
+
+
+def test_the_sidebar_marks_and_filters_conversations_made_through_the_api(daphne, login):
+    user, context = login(daphne)
+    token, _ = services.api_token_create(user=user, name="script")
+    Conversation.objects.create(owner=user, title="From a script", model="dev", api_token=token)
+    Conversation.objects.create(owner=user, title="Typed here", model="dev")
+    page = context.new_page()
+    page.goto(daphne.origin + "/")
+    page.wait_for_selector("#conversations li >> text=Typed here")
+
+    def titles() -> list[str]:
+        return list(page.locator("#conversations li a").all_inner_texts())
+
+    scripted = page.locator("#conversations li", has_text="From a script")
+    assert scripted.locator(".source").is_visible() and scripted.locator(".source").inner_text() == "API"
+    assert page.locator("#conversations li", has_text="Typed here").locator(".source").is_hidden()
+    page.select_option("#source", "api")
+    page.wait_for_function("() => document.querySelectorAll('#conversations li').length === 1")
+    assert titles() == ["From a script"]
+    page.select_option("#source", "chat")
+    page.wait_for_function("() => document.querySelector('#conversations li a')?.textContent === 'Typed here'")
+    assert titles() == ["Typed here"]

@@ -17,7 +17,7 @@ from django.contrib.auth.models import AnonymousUser, update_last_login
 from django.contrib.sessions.backends.base import SessionBase
 
 from conversations import services
-from conversations.models import Message
+from conversations.models import Conversation, Message
 from streaming.consumers import ChatConsumer
 from streaming.protocol import CLOSE_UNAUTHENTICATED
 from tests.support import logged_in_session, unique
@@ -361,3 +361,21 @@ async def test_a_long_conversation_sends_the_model_what_fits_and_says_how_much_w
     assert left_out > 0, "the last turns no longer fit 500 tokens"
     assert record.messages == 2 * 6 - 1 - left_out
     assert record.prompt.startswith("turn 5 ")
+
+
+async def test_the_list_can_show_only_conversations_made_through_the_api(client, user):
+    def make() -> tuple[str, str]:
+        token, _ = services.api_token_create(user=user, name="script")
+        from_api = Conversation.objects.create(owner=user, title="from a script", model="dev", api_token=token)
+        in_chat = Conversation.objects.create(owner=user, title="typed here", model="dev")
+        return str(from_api.pk), str(in_chat.pk)
+
+    from_api, in_chat = await sync_to_async(make)()
+    for source, expected in (("api", [from_api]), ("chat", [in_chat]), ("", [in_chat, from_api])):
+        await client.send({"type": "conversations", "id": f"l-{source}", "source": source})
+        listed = await client.until("conversations")
+        assert listed["source"] == source
+        assert [c["id"] for c in listed["conversations"]] == expected, source
+        assert all((c["api_token"] is None) == (c["id"] == in_chat) for c in listed["conversations"])
+    await client.send({"type": "conversations", "id": "bad", "source": "email"})
+    assert (await client.until("conversations"))["code"] == "invalid_request"
