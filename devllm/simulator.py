@@ -633,6 +633,9 @@ class _Answer:
         else:
             deltas = [{"content": token} for token in tokenize(answer_text(messages, options))]
             self.finish_reason = "stop"
+        # Made-up but well-formed log probabilities, when asked for: one entry per streamed piece of text.
+        self.logprobs = body.get("logprobs") is True
+        self.top_logprobs = body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else 0
         max_tokens = body.get("max_tokens")
         if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and 0 < max_tokens < len(deltas):
             deltas, self.finish_reason = deltas[:max_tokens], "length"
@@ -644,6 +647,13 @@ class _Answer:
             "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
+
+    def token_logprob(self, token: str) -> dict[str, Any]:
+        """A made-up log probability entry for one piece of text, with `top_logprobs` alternatives."""
+        entry = {"token": token, "logprob": -0.25, "bytes": list(token.encode())}
+        alternatives = [{"token": token, "logprob": -0.25, "bytes": list(token.encode())}]
+        alternatives += [{"token": f"alt{n}", "logprob": -2.0 - n, "bytes": list(f"alt{n}".encode())} for n in range(8)]
+        return {**entry, "top_logprobs": alternatives[: self.top_logprobs]}
 
     def whole(self) -> dict[str, Any]:
         """The non-streaming response body."""
@@ -660,7 +670,16 @@ class _Answer:
             "created": self.created,
             "model": self.model,
             "system_fingerprint": FINGERPRINT,
-            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": self.finish_reason,
+                    "logprobs": {"content": [self.token_logprob(d["content"]) for d in self.deltas if d.get("content")]}
+                    if self.logprobs
+                    else None,
+                }
+            ],
             "usage": self.usage(len(self.deltas)),
         }
 
@@ -769,7 +788,11 @@ class _Stream:
 
     async def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> None:
         delta_json, finish = json.dumps(delta, ensure_ascii=False), json.dumps(finish_reason)
-        choice = f'{{"index": 0, "delta": {delta_json}, "finish_reason": {finish}}}'
+        if self.answer.logprobs and delta.get("content"):
+            entries = json.dumps({"content": [self.answer.token_logprob(delta["content"])]}, ensure_ascii=False)
+            choice = f'{{"index": 0, "delta": {delta_json}, "logprobs": {entries}, "finish_reason": {finish}}}'
+        else:
+            choice = f'{{"index": 0, "delta": {delta_json}, "finish_reason": {finish}}}'
         await self._data(f'{self.envelope}, "choices": [{choice}]}}')
 
     async def _data(self, data: str) -> None:

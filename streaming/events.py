@@ -82,6 +82,7 @@ class DeltaEvent(TypedDict):
     text: str
     blocks: NotRequired[list[BlockPayload]]
     frame: NotRequired[str]
+    logprobs: NotRequired[list[dict[str, Any]]]  # its tokens' log probabilities, when the request asked
 
 
 class ToolsEvent(TypedDict):
@@ -118,13 +119,21 @@ def message(payload: dict[str, Any]) -> MessageEvent:
 
 
 def delta(
-    message_id: str, offset: int, text: str, blocks: list[BlockPayload] | None = None, *, frame: str | None = None
+    message_id: str,
+    offset: int,
+    text: str,
+    blocks: list[BlockPayload] | None = None,
+    *,
+    frame: str | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> DeltaEvent:
     event: DeltaEvent = {"type": "gen.delta", "message": message_id, "offset": offset, "text": text}
     if blocks:
         event["blocks"] = blocks
     if frame is not None:
         event["frame"] = frame
+    if logprobs:
+        event["logprobs"] = logprobs
     return event
 
 

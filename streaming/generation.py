@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 
@@ -124,6 +125,7 @@ class Generation:
     content: str = ""  # the text published so far
     pending: list[str] = field(default_factory=list)  # text received but not yet published
     pending_length: int = 0
+    pending_logprobs: list[dict[str, Any]] = field(default_factory=list)  # theirs, when the request asked
     saved_length: int = 0
     # The published text cut into finished markdown blocks, each rendered once (see conversations.markdown).
     splitter: BlockSplitter = field(default_factory=BlockSplitter)
@@ -259,6 +261,8 @@ class Generation:
                 raise OutputLimitExceeded
             self.pending.append(event.text)
             self.pending_length += len(event.text)
+            if event.logprobs:
+                self.pending_logprobs.extend(event.logprobs)
             self.wake.set()
         elif isinstance(event, ToolCallDelta):
             self.tool_calls[event.index] = event
@@ -292,16 +296,17 @@ class Generation:
                 self.content += chunk
                 self.pending.clear()
                 self.pending_length = 0
+                logprobs, self.pending_logprobs = self.pending_logprobs, []
                 blocks = self.splitter.feed(chunk)
                 self.blocks.extend(blocks)
                 payloads = [block.payload() for block in blocks]
                 # What every client that has exactly `offset` code points receives, serialised once for all.
                 frame = json.dumps(
-                    protocol.delta_event(self.message_id, offset, chunk, payloads),
+                    protocol.delta_event(self.message_id, offset, chunk, payloads, logprobs),
                     ensure_ascii=False,
                     separators=(",", ":"),
                 )
-                delta = events.delta(self.message_id, offset, chunk, payloads, frame=frame)
+                delta = events.delta(self.message_id, offset, chunk, payloads, frame=frame, logprobs=logprobs)
                 self.bus.publish(group, delta, cross=self.watched_elsewhere)
             if self.tools_dirty:
                 self.tools_dirty = False

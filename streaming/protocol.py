@@ -283,11 +283,20 @@ def message_event(message: Message, ref: str | None = None) -> dict[str, Any]:
     return with_ref({"type": "message", "message": message_payload(message)}, ref)
 
 
-def delta_event(message_id: str, offset: int, text: str, blocks: list[BlockPayload] | None = None) -> dict[str, Any]:
-    """`blocks` are finished markdown blocks ({start, end, html}) that the text completed."""
+def delta_event(
+    message_id: str,
+    offset: int,
+    text: str,
+    blocks: list[BlockPayload] | None = None,
+    logprobs: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """`blocks` are finished markdown blocks ({start, end, html}) that the text completed; `logprobs`, the
+    log probabilities of its tokens, when a /v1 client asked for them."""
     event: dict[str, Any] = {"type": "delta", "message": message_id, "offset": offset, "text": text}
     if blocks:
         event["blocks"] = blocks
+    if logprobs:
+        event["logprobs"] = list(logprobs)
     return event
 
 

@@ -77,6 +77,8 @@ class ChatRequest:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    # The token log probabilities the model sent with this text (OpenAI's logprobs.content), when asked for.
+    logprobs: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,13 @@ async def stream_chat(
             continue
         yield assembler.end()
         return
+
+
+def _token_logprobs(choice: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """OpenAI's `logprobs.content` of a chunk's choice (present only when the request asked for them)."""
+    logprobs = choice.get("logprobs")
+    entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return tuple(entry for entry in entries if isinstance(entry, dict)) if isinstance(entries, list) else ()
 
 
 def _body(request: ChatRequest) -> dict[str, Any]:
@@ -539,7 +548,7 @@ class _Assembler:
             if isinstance(delta, dict):
                 content = delta.get("content")
                 if isinstance(content, str) and content:
-                    events.append(TextDelta(_LONE_SURROGATE.sub("\ufffd", content)))
+                    events.append(TextDelta(_LONE_SURROGATE.sub("\ufffd", content), _token_logprobs(choice)))
                 for position, piece in enumerate(delta.get("tool_calls") or ()):
                     if isinstance(piece, dict) and (call := self._grow(position, piece)) is not None:
                         events.append(call)

@@ -232,7 +232,10 @@ class Watcher:
                     # The client had exactly what preceded this delta: the frame serialised for all such clients.
                     await self.emit_frame(frame)
                 elif fresh or blocks:
-                    await self.emit(protocol.delta_event(message_id, start, fresh, blocks))
+                    # A delta trimmed to what the client lacks: its tokens' log probabilities no longer match it.
+                    whole = start == offset
+                    logprobs = event.get("logprobs", []) if whole else []
+                    await self.emit(protocol.delta_event(message_id, start, fresh, blocks, logprobs))
             # Something before this event was dropped: ask for it unless a request is already out.
             ask = ask and not (
                 watch.resume_requested_at is not None and now - watch.resume_requested_at <= RESUME_TIMEOUT

@@ -286,6 +286,11 @@ def _failure(status: str, error: Mapping[str, Any] | None) -> ApiError:
     return ApiError(code, message, status=FAILURE_STATUS.get(code, 502))
 
 
+def _logprobs(tokens: list[Any] | None) -> dict[str, Any] | None:
+    """A choice's `logprobs` as OpenAI shapes it: the tokens' entries, or null when none were asked for."""
+    return {"content": tokens, "refusal": None} if tokens else None
+
+
 class _Envelope:
     """The fields every chunk and completion of one answer repeats."""
 
@@ -294,8 +299,10 @@ class _Envelope:
         self.created = int(answer.created_at.timestamp())
         self.model = answer.model
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def chunk(
+        self, delta: dict[str, Any], finish_reason: str | None = None, logprobs: list[Any] | None = None
+    ) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": _logprobs(logprobs), "finish_reason": finish_reason}
         return self.data({"choices": [choice]})
 
     def usage_chunk(self, usage: dict[str, int] | None) -> bytes:
@@ -305,7 +312,7 @@ class _Envelope:
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
         return f"data: {sse_json({**body, 'system_fingerprint': None, **fields})}\n\n".encode()
 
-    def completion(self, answer: Message) -> dict[str, Any]:
+    def completion(self, answer: Message, logprobs: list[Any] | None = None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None}
         if answer.tool_calls:
             message["content"] = answer.content or None
@@ -317,7 +324,12 @@ class _Envelope:
             "model": self.model,
             "system_fingerprint": None,
             "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason or "stop"}
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": _logprobs(logprobs),
+                    "finish_reason": answer.finish_reason or "stop",
+                }
             ],
             "usage": usage_payload(answer),
         }
@@ -369,7 +381,7 @@ class ChatCompletionsView(AsyncAPIView):
         if answer.status != Message.Status.COMPLETE:
             _unanswered(request, follower, text=bool(answer.content))
             raise _failure(answer.status, error_payload(answer.error_code, answer.error_message))
-        return self._located(Response(_Envelope(answer).completion(answer)), answer)
+        return self._located(Response(_Envelope(answer).completion(answer, follower.logprobs)), answer)
 
     async def _stream(self, request: Request, follower: AnswerStream, *, include_usage: bool) -> StreamingHttpResponse:
         """Answers at once, whatever the model's first token waits for: the status, the headers (with the
@@ -434,7 +446,7 @@ async def _chunks(
                 yield envelope.data(error_body(event["code"], event["message"], status=401, openai=True))
                 return
             elif event["type"] == "delta" and event["message"] == follower.answer and event["text"]:
-                yield envelope.chunk({"content": event["text"]})
+                yield envelope.chunk({"content": event["text"]}, logprobs=event.get("logprobs"))
             elif event["type"] == "tool_calls" and event["message"] == follower.answer:
                 fragments = tools.deltas(event["tool_calls"])
                 if fragments:

@@ -44,6 +44,7 @@ class AnswerStream:
     def __init__(self) -> None:
         self.answer = ""  # the message whose `done` ends the stream
         self.offset = 0
+        self.logprobs: list[dict[str, Any]] = []  # of the answer's tokens, when the request asked for them
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # what the client gets
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # what the bus delivers
         self._receiver: asyncio.Task[None] | None = None
@@ -116,6 +117,7 @@ class AnswerStream:
     def _advance(self, event: dict[str, Any]) -> None:
         if event["type"] == "delta" and event["message"] == self.answer:
             self.offset = event["offset"] + len(event["text"])
+            self.logprobs.extend(event.get("logprobs", ()))
         elif event["type"] == "message" and event["message"]["id"] == self.answer:
             self.offset = len(event["message"]["content"])
 

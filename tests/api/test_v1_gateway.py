@@ -3,6 +3,7 @@ null for optional fields, models.retrieve, and a whole-prompt cap."""
 
 import json
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -342,3 +343,25 @@ def test_cors_is_off_by_default_and_allows_only_the_listed_origins_on_the_api(ap
     assert "access-control-allow-origin" not in page, "only the API"
     listed = api.get("/v1/models", HTTP_ORIGIN="https://app.example.org")
     assert "x-message-id" in listed["access-control-expose-headers"]
+
+
+@pytest.mark.e2e
+def test_log_probabilities_come_back_when_asked_for(daphne, principal):
+    who = principal()
+    client = openai.OpenAI(base_url=f"{daphne.origin}/v1", api_key=who.token, max_retries=0, timeout=30)
+    ask = {"model": "dev:tokens=12,ttft=0", "messages": [{"role": "user", "content": "Probabilities?"}]}
+    stream = client.chat.completions.create(**ask, logprobs=True, top_logprobs=2, stream=True)  # type: ignore[call-overload]
+    text, tokens = "", list[Any]()
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+            assert chunk.choices[0].logprobs is not None, "every piece of text carries its tokens' log probabilities"
+            tokens += chunk.choices[0].logprobs.content or []
+    assert "".join(token.token for token in tokens) == text
+    assert all(len(token.top_logprobs) == 2 and token.logprob < 0 for token in tokens)
+
+    whole = client.chat.completions.create(**ask, logprobs=True)  # type: ignore[call-overload]
+    content = whole.choices[0].logprobs.content
+    assert "".join(token.token for token in content) == whole.choices[0].message.content
+    plain = client.chat.completions.create(**ask)  # type: ignore[call-overload]
+    assert plain.choices[0].logprobs is None
