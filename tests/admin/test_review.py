@@ -207,3 +207,16 @@ def test_non_staff_cannot_reach_any_of_it(who, data):
     exported = client.post(LIST, {"action": "export_json", "_selected_action": [data["weather"].pk]})
     assert exported.status_code == 302
     assert "application/json" not in exported.get("Content-Type", "")
+
+
+def test_the_transcript_shows_tool_calls_and_results(staff):
+    owner = get_user_model().objects.create_user(username="toolish")
+    conv = conversation(owner, "Tools")
+    call = {"index": 0, "id": "call_7", "name": "get_weather", "arguments": '{"city": "Lyon"}'}
+    message(conv, 1, "user", "Weather?")
+    message(conv, 2, "assistant", "", tool_calls=[call], finish_reason="tool_calls")
+    message(conv, 3, "tool", '{"sky": "clear"}', tool_call_id="call_7")
+    page = staff.get(f"{LIST}{conv.pk}/change/").content.decode()
+    arguments = "<code>{&quot;city&quot;: &quot;Lyon&quot;}</code>"
+    assert f"calls <code>get_weather</code> (<code>call_7</code>) with {arguments}" in page
+    assert "#3 Tool" in page and "answers the call <code>call_7</code>" in page
