@@ -27,7 +27,8 @@ export class Connection {
     this.unacknowledged = new Map();
     this.heardAt = 0;
     setInterval(() => this.heartbeat(), PING_MS);
-    window.addEventListener("online", () => this.reconnectNow());
+    // A socket may stay open through a short outage: then the network's return only needs saying so.
+    window.addEventListener("online", () => (this.ready ? this.onState("connected") : this.reconnectNow()));
     window.addEventListener("offline", () => this.onState("offline"));
   }
 

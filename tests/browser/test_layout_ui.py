@@ -101,3 +101,51 @@ def test_an_interrupted_answer_shows_its_partial_text_and_says_so(daphne_factory
     assert message.locator(".rendered").inner_text() == "Half an answer"
     assert "Interrupted" in message.locator(".status").inner_text()
     assert message.locator("button.regenerate").inner_text() == "Retry"
+
+
+CONTRAST = """(selector) => {
+  const node = document.querySelector(selector);
+  const rgb = (value) => value.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  let opacity = 1;
+  for (let n = node; n; n = n.parentElement) opacity *= Number(getComputedStyle(n).opacity);
+  let background = null;
+  for (let n = node; n && !background; n = n.parentElement) {
+    const color = getComputedStyle(n).backgroundColor;
+    if (!color.startsWith("rgba(0, 0, 0, 0)") && color !== "transparent") background = rgb(color);
+  }
+  background = background || [255, 255, 255];
+  const text = rgb(getComputedStyle(node).color).map((c, i) => c * opacity + background[i] * (1 - opacity));
+  const luminance = ([r, g, b]) => {
+    const channel = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  };
+  const [light, dark] = [luminance(text), luminance(background)].sort((a, b) => b - a);
+  return (light + 0.05) / (dark + 0.05);
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_message_buttons_read_at_4_5_to_1_even_when_quiet(daphne, login, scheme):
+    _, context = login(daphne, color_scheme=scheme)
+    page = context.new_page()
+    page.goto(daphne.origin + "/")
+    page.wait_for_function("() => window.chat.connection.ready")
+    use_model(page, "dev:tokens=5,ttft=0")
+    send(page, "Contrast, please.")
+    wait_for_status(page, latest_answer(page), "complete")
+    page.mouse.move(0, 0)  # nothing pointed at: the buttons are in their quiet state
+    for selector in (".message.user .action.edit", ".message.user .action.copy", ".message.assistant .action.copy"):
+        assert page.evaluate(CONTRAST, selector) >= 4.5, selector
+
+
+def test_the_offline_badge_goes_when_the_network_returns(daphne, login):
+    _, context = login(daphne)
+    page = context.new_page()
+    page.goto(daphne.origin + "/")
+    page.wait_for_function("() => window.chat.connection.ready")
+    context.set_offline(True)
+    page.wait_for_selector("#app[data-state=offline]")
+    assert page.text_content("#connection") == "Offline — waiting for the network"
+    context.set_offline(False)
+    page.wait_for_selector("#app[data-state=connected]", timeout=10_000)
+    assert page.text_content("#connection") == "Connected"
