@@ -73,11 +73,12 @@ def still_valid(credential: Credential) -> bool:
     return bool(user.is_authenticated and user.pk == credential.user_id)
 
 
-def session_expiry(session_key: str | None) -> datetime | None:
-    """When a session expires, as stored (a unit of work); None if it is gone."""
-    if session_key is None:
+def session_valid_until(credential: Credential) -> datetime | None:
+    """Until when a session credential lets its socket in: its session's stored expiry, or None if it no
+    longer does (one unit of work for streaming.aio.orm)."""
+    if credential.session_key is None or not still_valid(credential):
         return None
-    return Session.objects.filter(session_key=session_key).values_list("expire_date", flat=True).first()
+    return Session.objects.filter(session_key=credential.session_key).values_list("expire_date", flat=True).first()
 
 
 def seconds_until(moment: datetime) -> float:

@@ -374,8 +374,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.closed or self.watcher is None:
             return
         try:
-            valid = await orm(access.still_valid)(self.credential)
-            expiry = await orm(access.session_expiry)(self.credential.session_key) if valid else None
+            expiry = await orm(access.session_valid_until)(self.credential)
         except Exception:
             # The database away: the socket stays (it was let in), and the next event or expiry checks again.
             log.warning("checking a socket's access failed", exc_info=True)

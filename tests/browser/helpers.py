@@ -4,6 +4,8 @@ import uuid
 from html.parser import HTMLParser
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from playwright.sync_api import Page
 
 from conversations import services
@@ -121,3 +123,10 @@ def long_conversation(user: Any, turns: int) -> Conversation:
         )
     assert conversation is not None
     return conversation
+
+
+def user_with_password(username: str, password: str) -> Any:
+    """A user who can log in through the login form of the daphne processes: the password is hashed as they
+    hash it (the test settings' fast hasher is unknown to them)."""
+    hashed = PBKDF2PasswordHasher().encode(password, PBKDF2PasswordHasher().salt())
+    return get_user_model().objects.create(username=username, password=hashed)

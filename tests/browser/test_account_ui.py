@@ -2,27 +2,24 @@
 
 import re
 import uuid
+from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.test import Client
 
-from tests.browser.helpers import latest_answer, saved, send, use_model, wait_for_status
+from tests.browser.helpers import latest_answer, saved, send, use_model, user_with_password, wait_for_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "a long passphrase"
 
 
-def user_with_password():
-    # Hashed as the server hashes (the test settings' fast hasher is unknown to the daphne process).
-    hashed = PBKDF2PasswordHasher().encode(PASSWORD, PBKDF2PasswordHasher().salt())
-    return get_user_model().objects.create(username=f"r-{uuid.uuid4().hex[:8]}", password=hashed)
+def new_user() -> Any:
+    return user_with_password(f"r-{uuid.uuid4().hex[:8]}", PASSWORD)
 
 
 def test_a_logout_in_another_tab_signs_the_page_out_and_signing_in_again_keeps_the_draft(daphne, login):
-    user = user_with_password()
+    user = new_user()
     client = Client()
     client.force_login(user)
     _, context = login(daphne, session=(user, client.cookies["sessionid"].value))
@@ -62,7 +59,7 @@ def test_a_logout_in_another_tab_signs_the_page_out_and_signing_in_again_keeps_t
 
 
 def test_a_password_change_signs_other_browsers_out_and_keeps_this_ones_tabs(daphne, login):
-    user = user_with_password()
+    user = new_user()
     sessions = []
     for _ in range(2):
         client = Client()

@@ -6,8 +6,6 @@ import uuid
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from conversations import services
@@ -22,6 +20,7 @@ from tests.browser.helpers import (
     send,
     shown_text,
     use_model,
+    user_with_password,
     view_text,
     wait_for_status,
     wait_saved,
@@ -31,9 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 def test_chat_requires_login_and_logging_in_opens_it(daphne, browser):
-    # Hashed as the server hashes (the test settings' fast hasher is unknown to the daphne process).
-    password = PBKDF2PasswordHasher().encode("a long passphrase", PBKDF2PasswordHasher().salt())
-    user = get_user_model().objects.create(username="reader", password=password)
+    user = user_with_password("reader", "a long passphrase")
     context = browser.new_context()
     page = context.new_page()
     page.goto(daphne.origin + "/")
