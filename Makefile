@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chat
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: run test test-sqlite test-services lint bench soak screenshots sync
+.PHONY: run test test-sqlite test-services lint bench profile soak screenshots sync
 
 sync:
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
@@ -43,6 +43,10 @@ lint: sync
 
 bench: sync
 	uv run python bench/suite.py $(BENCH_ARGS)
+
+# Where one product process spends its CPU under a bench load, sampled with py-spy (bench/profile.py).
+profile: sync
+	uv run python bench/profile.py $(PROFILE_ARGS)
 
 # Two daphne processes behind nginx on PostgreSQL and Redis under load for SOAK_SECONDS (600), with a process
 # SIGKILLed every 2 minutes, one Redis outage and clients that drop and resume (bench/soak.py).

@@ -24,6 +24,7 @@ from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
+from pygments.lexer import Lexer
 from pygments.lexers import get_all_lexers, get_lexer_by_name
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
@@ -65,13 +66,22 @@ def _highlight(code: str, language: str, _attrs: Any) -> str:
     """Pygments spans for a fenced block with a known language; empty (markdown-it escapes it) otherwise."""
     if not language or len(code) > MAX_HIGHLIGHT_CHARS:
         return ""
-    try:
-        lexer = get_lexer_by_name(language.split()[0], stripnl=False, ensurenl=False)
-    except ClassNotFound:
+    lexer = _lexer(language.split()[0])
+    if lexer is None:
         return ""
     return (
         f'<pre class="code"><code class="language-{lexer.aliases[0]}">{highlight(code, lexer, _FORMATTER)}</code></pre>'
     )
+
+
+@lru_cache(maxsize=256)
+def _lexer(name: str) -> Lexer | None:
+    """The lexer of a language name, made once: finding and making one cost more than many a block's render.
+    (A lexer keeps no state between texts.)"""
+    try:
+        return get_lexer_by_name(name, stripnl=False, ensurenl=False)
+    except ClassNotFound:
+        return None
 
 
 def _image_as_link(self: RendererHTML, tokens: list[Token], idx: int, options: OptionsDict, env: EnvType) -> str:

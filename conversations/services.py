@@ -18,7 +18,7 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -239,12 +239,17 @@ def _new_conversation(*, user: User, content: str, options: GenerationOptions) -
     return conversation
 
 
+def _opening_prompt(conversation: Conversation, content: str) -> list[dict[str, Any]]:
+    """The prompt of the first answer of a new conversation: nothing came before it."""
+    system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
+    return [*system, {"role": "user", "content": content}]
+
+
 def first_answer_request(*, user: User, content: str, options: GenerationOptions) -> AnswerRequest:
     """What the answer to a message that starts a new conversation will ask the model, known before anything
     is written (message_send asks exactly this), so that the model can be asked while the rows are written."""
     conversation = _new_conversation(user=user, content=content, options=options)
-    system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
-    messages = [*system, {"role": "user", "content": content}]
+    messages = _opening_prompt(conversation, content)
     return AnswerRequest(conversation.model, conversation.temperature, options.max_tokens, messages)
 
 
@@ -272,8 +277,7 @@ def message_send(
             conversation, seq = _new_conversation(user=user, content=content, options=options), 0
             model_within(conversation.model, permitted_models)
             _insert([conversation])
-            # Nothing came before: the prompt is known without asking the database.
-            prompt = first_answer_request(user=user, content=content, options=options).messages
+            prompt = _opening_prompt(conversation, content)
         else:
             conversation, seq = _lock_conversation(user=user, conversation_id=conversation_id)
             if not conversation.title:
@@ -448,10 +452,17 @@ def message_finish(
         return bool(cursor.rowcount == 1)
 
 
+def _connection() -> Any:
+    """This thread's default connection itself. `django.db.connection` is a proxy that looks the connection
+    up again at each attribute access, and converting a row's values for the database makes dozens."""
+    return connections[DEFAULT_DB_ALIAS]
+
+
 def _db_values(values: dict[str, Any]) -> list[Any]:
     """Values of Message fields as the database takes them (each field's own conversion)."""
     fields: Any = Message._meta
-    return [fields.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+    db = _connection()
+    return [fields.get_field(name).get_db_prep_save(value, db) for name, value in values.items()]
 
 
 @functools.cache
@@ -473,26 +484,33 @@ def _update_sql(vendor: str, names: tuple[str, ...], *, uncancelled: bool = Fals
 
 
 def _insert(objs: list[Any]) -> None:
-    """Inserts new instances of one model in one statement, as `bulk_create` does (each field's `pre_save`
-    and conversion included), from a statement built once per model and row count: composing it with the
-    ORM for every answer cost more CPU than running it."""
+    """Inserts new instances of one model in one round trip, as `bulk_create` does (each field's `pre_save`
+    and conversion included), from a statement built once per model: composing it with the ORM for every
+    answer cost more CPU than running it.
+
+    One row per statement, executed for all of them at once (`executemany`, pipelined on PostgreSQL): psycopg
+    caches its parse of a statement of at most 50 parameters, and two messages in one statement have 56."""
     meta = objs[0]._meta
     fields = meta.concrete_fields
-    values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in objs for field in fields]
+    db = _connection()
+    rows = [[field.get_db_prep_save(field.pre_save(obj, True), db) for field in fields] for obj in objs]
     cursor: Any
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(connection.vendor, meta.label, len(objs)), values)
+    with db.cursor() as cursor:
+        if len(rows) == 1:
+            cursor.execute(_insert_sql(db.vendor, meta.label), rows[0])
+        else:
+            cursor.executemany(_insert_sql(db.vendor, meta.label), rows)
     for obj in objs:
-        obj._state.adding, obj._state.db = False, connection.alias
+        obj._state.adding, obj._state.db = False, db.alias
 
 
 @functools.cache
-def _insert_sql(vendor: str, label: str, rows: int) -> str:
+def _insert_sql(vendor: str, label: str) -> str:
     meta = apps.get_model(label)._meta
     quote = connection.ops.quote_name
     columns = ", ".join(quote(field.column) for field in meta.concrete_fields)
     row = "(" + ", ".join(["%s"] * len(meta.concrete_fields)) + ")"
-    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([row] * rows)}"  # noqa: S608
+    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {row}"  # noqa: S608
 
 
 def conversation_rename(*, user: User, conversation_id: str, title: str) -> Conversation:

@@ -6,7 +6,6 @@ Nothing here streams inside `receive`: generations run in the engine and reach t
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -202,7 +201,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def emit(self, event: dict[str, Any]) -> None:
-        await self.send_frame(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+        await self.send_frame(protocol.serialize(event))
 
     async def send_frame(self, frame: str) -> None:
         """Sends one text frame. A client that has gone is not an error: the frame is dropped, and the socket

@@ -9,7 +9,6 @@ watcher that gets `gen.done` can always read the whole answer from the database.
 import asyncio
 import bisect
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -73,7 +72,7 @@ class EarlyStart:
 
     def __init__(self, request: ChatRequest) -> None:
         self.request = request
-        self.stream = upstream.stream_chat(request)
+        self.stream = upstream.stream_chat(request, pace=settings.CHAT_COALESCE_MS / 1000)
         self.first: asyncio.Task[upstream.UpstreamEvent | None] = asyncio.create_task(self._first())
 
     async def _first(self) -> upstream.UpstreamEvent | None:
@@ -133,7 +132,7 @@ class Generation:
     tool_calls: dict[int, ToolCallDelta] = field(default_factory=dict)
     tools_dirty: bool = False
     end: StreamEnd | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    publishing: asyncio.Handle | None = None  # the publication of what the current read brought, scheduled
     started_at: float = field(default_factory=time.monotonic)
     published_at: float | None = None  # when the last delta went out
     reader: "asyncio.Task[Outcome] | None" = None  # reading the upstream: the only part a stop cancels
@@ -207,14 +206,11 @@ class Generation:
     async def run(self) -> None:
         """Reads, publishes and finally writes the answer; returns once `gen.done` is out (or left to the
         sweeper when the database stayed away)."""
-        publisher = asyncio.create_task(self._publish_loop())
         self.reader = asyncio.create_task(self._read())
         try:
             status, error = await self.reader
         finally:
             self.closing = True
-            publisher.cancel()
-            await asyncio.gather(publisher, return_exceptions=True)
         await self._finish(status, error)
 
     async def _read(self) -> Outcome:
@@ -263,24 +259,23 @@ class Generation:
             self.pending_length += len(event.text)
             if event.logprobs:
                 self.pending_logprobs.extend(event.logprobs)
-            self.wake.set()
+            self._publish_soon()
         elif isinstance(event, ToolCallDelta):
             self.tool_calls[event.index] = event
             self.tools_dirty = True
-            self.wake.set()
+            self._publish_soon()
         elif isinstance(event, StreamEnd):
             self.end = event
 
-    async def _publish_loop(self) -> None:
-        """Publishes the first text at once, then at most one batch per coalescing window."""
-        window = settings.CHAT_COALESCE_MS / 1000
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            self._flush()
-            await asyncio.sleep(window)
+    def _publish_soon(self) -> None:
+        """Publishes what arrived once the reader has taken every event of its read (the stream reads at most
+        once per coalescing window after the first text; see upstream.stream_chat's `pace`): one delta per
+        read, the first at once, later ones at most one per window."""
+        if self.publishing is None:
+            self.publishing = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        self.publishing = None
         group = events.conversation_group(self.conversation_id)
         try:
             if self.pending:
@@ -301,11 +296,7 @@ class Generation:
                 self.blocks.extend(blocks)
                 payloads = [block.payload() for block in blocks]
                 # What every client that has exactly `offset` code points receives, serialised once for all.
-                frame = json.dumps(
-                    protocol.delta_event(self.message_id, offset, chunk, payloads, logprobs),
-                    ensure_ascii=False,
-                    separators=(",", ":"),
-                )
+                frame = protocol.serialize(protocol.delta_event(self.message_id, offset, chunk, payloads, logprobs))
                 delta = events.delta(self.message_id, offset, chunk, payloads, frame=frame, logprobs=logprobs)
                 self.bus.publish(group, delta, cross=self.watched_elsewhere)
             if self.tools_dirty:
@@ -317,6 +308,8 @@ class Generation:
             log.warning("publishing a delta failed", exc_info=True, extra={"message_id": self.message_id})
 
     async def _finish(self, status: str, error: tuple[str, str] | None) -> None:
+        if self.publishing is not None:
+            self.publishing.cancel()
         self._flush()
         last = self.splitter.finish()
         if last is not None:

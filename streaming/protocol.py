@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.conf import settings
 
 from conversations.errors import ChatError
@@ -245,6 +246,18 @@ def parse_frame(text: str) -> Request:
 
 
 # --- Events -----------------------------------------------------------------------------------------------
+
+
+def serialize(event: Any) -> str:
+    """The JSON text of an event, compact and with non-ASCII characters as they are.
+
+    orjson, because a frame is serialised for every delta (about a tenth of the time json.dumps takes);
+    json.dumps for what orjson refuses (integers beyond 64 bits, say, in an upstream's log probabilities).
+    """
+    try:
+        return orjson.dumps(event).decode()
+    except TypeError:
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
 def ready_event() -> dict[str, Any]:

@@ -56,7 +56,12 @@ class Body(httpx.AsyncByteStream):
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Sends httpx requests with an aiohttp session; a response's `stream` is its `Body`."""
+    """Sends httpx requests with an aiohttp session; a response's `stream` is its `Body`.
+
+    The read timeout bounds the wait for the response head only. A body is read without one: aiohttp would
+    move a timer at every network read, once per token of a streamed answer, and its reader
+    (streaming.upstream) keeps one stall timer per stream instead.
+    """
 
     def __init__(self, session: aiohttp.ClientSession, *, proxy: str | None = None) -> None:
         self.session = session
@@ -65,17 +70,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout: dict[str, Any] = request.extensions.get("timeout", {})
         try:
-            response = await self.session.request(
-                request.method,
-                str(request.url),
-                headers=dict(request.headers),
-                data=request.content or None,
-                allow_redirects=False,
-                proxy=self.proxy,
-                timeout=aiohttp.ClientTimeout(
-                    connect=timeout.get("pool"), sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
-                ),
-            )
+            async with asyncio.timeout(timeout.get("read")):
+                response = await self.session.request(
+                    request.method,
+                    str(request.url),
+                    headers=dict(request.headers),
+                    data=request.content or None,
+                    allow_redirects=False,
+                    proxy=self.proxy,
+                    timeout=aiohttp.ClientTimeout(connect=timeout.get("pool"), sock_connect=timeout.get("connect")),
+                )
         except (aiohttp.ClientError, TimeoutError) as error:
             raise _httpx_error(error) from error
         return httpx.Response(

@@ -7,7 +7,6 @@ watcher stops: the generation runs on until it ends or is cancelled.
 """
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -18,7 +17,7 @@ from rest_framework import exceptions
 
 from conversations.models import Message
 from conversations.services import Turn, User
-from streaming import events
+from streaming import events, protocol
 from streaming.access import Credential, still_valid
 from streaming.aio import detached, orm
 from streaming.watch import Watcher
@@ -166,7 +165,7 @@ _LINE_BREAKERS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u202
 
 def sse_json(value: Any) -> str:
     """JSON for a `data:` line: UTF-8 as is, except what some clients would take for a line break."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKERS)
+    return protocol.serialize(value).translate(_LINE_BREAKERS)
 
 
 def sse_event(event: dict[str, Any], event_id: int) -> bytes:

@@ -280,6 +280,43 @@ async def test_stall_is_detected_although_keep_alive_comments_keep_arriving(llm)
     assert len(llm.stats.find(request_key)) == 1
 
 
+async def test_a_server_that_never_answers_the_request_is_upstream_stalled(settings):
+    # It accepts the connection and reads the request, then sends nothing, not even the status line.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(10)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    settings.LLM_BASE_URL = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    settings.LLM_MAX_RETRIES = 0
+    try:
+        started = time.monotonic()
+        result = await collect("dev", "anyone there?", stall_seconds=0.5)
+        assert result.error is not None and result.error.code == "upstream_stalled"
+        assert time.monotonic() - started < 2
+    finally:
+        server.close()
+        await aclose_clients()
+
+
+async def test_after_the_first_text_a_paced_stream_reads_once_per_window(llm):
+    # A token every 10 ms; read at most every 200 ms, each read taking all that arrived meanwhile.
+    model = "dev:tps=100,tokens=60,ttft=0"
+    request = ChatRequest(model=model, messages=user("paced"))
+    arrivals: list[tuple[float, str]] = []
+    async for event in stream_chat(request, pace=0.2):
+        if isinstance(event, TextDelta):
+            arrivals.append((time.monotonic(), event.text))
+    assert "".join(text for _, text in arrivals) == expected_text(llm, model, "paced")
+    reads = [arrivals[0][0]]
+    for moment, _ in arrivals[1:]:
+        if moment - reads[-1] > 0.005:
+            reads.append(moment)
+    # ~0.6 s of tokens: the first alone, then a read per window, not one per token.
+    assert len(reads) <= 6, len(reads)
+    assert all(later - earlier >= 0.19 for earlier, later in itertools.pairwise(reads[1:])), reads
+
+
 async def test_malformed_chunk_is_skipped_counted_and_logged_without_contents(llm, caplog):
     model = "dev:fault=malformed,fault_after=4"
     with caplog.at_level(logging.WARNING, logger="streaming.upstream"):
