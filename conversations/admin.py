@@ -15,7 +15,7 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import linebreaks
+from django.utils.html import format_html, linebreaks
 from django.utils.safestring import SafeString, mark_safe
 
 from conversations import exports, selectors, services
@@ -63,7 +63,7 @@ class FeedbackFilter(admin.SimpleListFilter):
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = (
-        "__str__",
+        "short_title",
         "owner",
         "model",
         "message_count",
@@ -71,8 +71,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "last_status",
         "feedback_summary",
         "flagged",
-        "updated_at",
-        "api_token",
+        "updated",
     )
     list_filter = (
         ("owner", admin.RelatedOnlyFieldListFilter),
@@ -85,6 +84,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "created_at",
     )
     list_select_related = ("owner", "api_token")
+    ordering = ("-updated_at",)  # what happened lately first, as reviewers look
     search_fields = ("title", "messages__content", "owner__username")
     date_hierarchy = "updated_at"
     fields = (
@@ -128,6 +128,21 @@ class ConversationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # conversations are the users'
+
+    @admin.display(description="conversation", ordering="title")
+    def short_title(self, obj: Conversation) -> SafeString:
+        """The title cut to the column with an ellipsis (the whole of it on hover), and "API" when an API
+        token made it (the API token filter lists which), so that every column fits at 1280 pixels."""
+        title = str(obj)
+        cut = format_html('<span class="cut" title="{}">{}</span>', title, title)
+        if obj.api_token_id is None:
+            return cut
+        badge = '{} <span class="api-badge" title="Made with the API token {}">API</span>'
+        return format_html(badge, cut, obj.api_token)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: Conversation) -> str:
+        return timezone.localtime(obj.updated_at).strftime("%Y-%m-%d %H:%M")
 
     @admin.display(description="messages", ordering="message_count")
     def message_count(self, obj: Any) -> int:

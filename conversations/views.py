@@ -10,18 +10,22 @@ from django.shortcuts import render
 
 from conversations import selectors
 from conversations.errors import NotFound
-from conversations.options import allowed_models, using_simulator
+from conversations.options import TITLE_MAX_LENGTH, allowed_models, using_simulator
+
+SITE_NAME = "Chat"  # the browser tab says "<conversation title> · Chat"
 
 
 # Trusted Types: the page's only HTML sink is the policy that inserts server-sanitized markdown (chat-html).
 @csp_update({"require-trusted-types-for": ["'script'"], "trusted-types": ["chat-html"]})
 @login_required
 def chat_page(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
+    title = ""
     if conversation_id is not None:
         try:
-            selectors.conversation_get_for_user(user=request.user, conversation_id=str(conversation_id))
+            conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=str(conversation_id))
         except NotFound:
             raise Http404("No such conversation.") from None
+        title = conversation.title
     models, simulator = allowed_models(), using_simulator()
     preferences = selectors.preferences_for(user=request.user)
     config = {
@@ -34,11 +38,15 @@ def chat_page(request: HttpRequest, conversation_id: uuid.UUID | None = None) ->
         },
         "simulator": simulator,
         "maxContent": settings.CHAT_MAX_CONTENT_CHARS,
+        "maxTitle": TITLE_MAX_LENGTH,
+        "siteName": SITE_NAME,
     }
     context = {
         "config": config,
         "models": models,
         "simulator": simulator,
         "max_content": settings.CHAT_MAX_CONTENT_CHARS,
+        "title": title,
+        "site_name": SITE_NAME,
     }
     return render(request, "chat/index.html", context)

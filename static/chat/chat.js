@@ -27,6 +27,7 @@ const ui = {
   hint: $("composer-hint"),
   send: $("send"),
   stop: $("stop"),
+  settings: $("settings"),
   model: $("model"),
   temperature: $("temperature"),
   system: $("system"),
@@ -70,7 +71,7 @@ const handlers = {
   history(event) {
     if (event.conversation.id !== state.conversation) return;
     showConversationSettings(event.conversation);
-    ui.title.textContent = event.conversation.title || "New chat";
+    showTitle(event.conversation.title);
     const reopened = state.views.size > 0; // the same conversation again, after a reconnect
     const resumes = [];
     const views = event.messages.map((payload) => {
@@ -168,7 +169,7 @@ const handlers = {
     const merged = { ...known, ...event.conversation };
     state.conversations.set(merged.id, merged);
     renderSidebarItem(merged, { toTop: Boolean(event.conversation.updated_at) && !state.query });
-    if (merged.id === state.conversation) ui.title.textContent = merged.title || "New chat";
+    if (merged.id === state.conversation) showTitle(merged.title);
   },
   conversation_deleted(event) {
     state.conversations.delete(event.conversation);
@@ -228,7 +229,7 @@ function setConversation(id, { push = false, reopen = true } = {}) {
   state.loadingOlder = false;
   ui.messages.replaceChildren();
   ui.older.hidden = true;
-  ui.title.textContent = id ? state.conversations.get(id)?.title || "…" : "New chat";
+  showTitle(id ? state.conversations.get(id)?.title || "…" : null);
   const path = id ? `/c/${id}/` : "/";
   if (push && location.pathname !== path) history.pushState({ conversation: id }, "", path);
   for (const item of ui.conversations.querySelectorAll("a[aria-current]")) item.removeAttribute("aria-current");
@@ -237,6 +238,12 @@ function setConversation(id, { push = false, reopen = true } = {}) {
   if (!id) showConversationSettings({ model: config.defaults.model, temperature: null, system: config.defaults.system });
   closeSidebar();
   refresh();
+}
+
+/** The conversation's title in the bar and in the browser tab (its history and bookmarks). */
+function showTitle(title) {
+  ui.title.textContent = title || "New chat";
+  document.title = title ? `${title} · ${config.siteName}` : config.siteName;
 }
 
 function listConversations(offset) {
@@ -287,8 +294,7 @@ ui.conversations.addEventListener("click", (event) => {
     if (id !== state.conversation) setConversation(id, { push: true });
     else closeSidebar();
   } else if (event.target.closest(".rename")) {
-    const title = prompt("New title", state.conversations.get(id)?.title || "");
-    if (title && title.trim()) connection.send({ type: "rename", conversation: id, title: title.trim() });
+    renameInline(item);
   } else if (event.target.closest(".delete")) {
     ui.confirmDelete.querySelector("#confirm-delete-text").textContent =
       `“${state.conversations.get(id)?.title || "Untitled"}” and all its messages will be gone for good.`;
@@ -301,6 +307,45 @@ ui.conversations.addEventListener("click", (event) => {
     );
   }
 });
+
+/** Rename in place: the title becomes a text field; Enter (or leaving it) saves, Escape keeps the old one. */
+function renameInline(item) {
+  const link = item.querySelector("a");
+  if (item.querySelector(".rename-field")) return;
+  const field = Object.assign(document.createElement("input"), {
+    type: "text",
+    className: "rename-field",
+    value: state.conversations.get(item.dataset.id)?.title || "",
+    maxLength: config.maxTitle,
+  });
+  field.setAttribute("aria-label", "New title");
+  link.hidden = true;
+  link.after(field);
+  field.select();
+  let done = false;
+  const finish = (save) => {
+    if (done) return;
+    done = true;
+    const title = field.value.trim();
+    field.remove();
+    link.hidden = false;
+    if (save && title && title !== state.conversations.get(item.dataset.id)?.title) {
+      link.textContent = title;
+      connection.send({ type: "rename", conversation: item.dataset.id, title });
+    }
+    item.querySelector(".rename").focus();
+  };
+  field.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.isComposing) {
+      event.preventDefault();
+      finish(true);
+    } else if (event.key === "Escape") {
+      event.stopPropagation();
+      finish(false);
+    }
+  });
+  field.addEventListener("blur", () => finish(true));
+}
 
 let searchTimer = null;
 ui.search.addEventListener("input", () => {
@@ -387,6 +432,10 @@ function startEdit(view) {
     if (event.key === "Escape") {
       event.stopPropagation();
       close();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      // As in the composer: Enter sends, Shift+Enter adds a line.
+      event.preventDefault();
+      save.click();
     }
   });
 }
@@ -470,6 +519,7 @@ ui.composer.addEventListener("submit", (event) => {
   state.pending.set(frame.id, view);
   ui.messages.append(view.node);
   ui.input.value = "";
+  ui.settings.open = false; // the settings were for this message; the answer needs the room
   autosize();
   refresh();
   scrollToEnd(true);
@@ -580,6 +630,8 @@ function announce(text) {
 
 showConversationSettings({ model: config.defaults.model, temperature: null, system: config.defaults.system });
 restoreDraft();
+// Ready to type, where a keyboard is the likely way in (a phone would open its keyboard over the page).
+if (window.matchMedia("(pointer: fine)").matches) ui.input.focus({ preventScroll: true });
 connection.connect();
 refresh();
 // Exposed for tests and the screenshot script: the page's own view of its state.

@@ -1,7 +1,7 @@
 // One message on screen. Offsets count Unicode code points, as the server does (docs/protocol.md).
 //
 // An answer is shown as the HTML of its finished markdown blocks, rendered and sanitized by the server and
-// received once each, followed by its unfinished tail as plain text. Model text never reaches innerHTML:
+// received once each, followed by its unfinished tail (see `Tail`). Model text never reaches innerHTML:
 // text goes through text nodes, and only server-sanitized HTML goes through the one Trusted Types policy
 // below (the chat page's Content-Security-Policy refuses any other HTML sink).
 
@@ -102,11 +102,10 @@ export class MessageView {
     this.length = codePoints(this.text);
     this.rendered = payload.rendered;
     this.blocks = element("div", "rendered");
-    this.tailNode = element("div", "tail");
-    this.tailText = document.createTextNode(dropCodePoints(this.text, this.rendered));
-    this.tailNode.append(this.tailText);
+    this.tail = new Tail(element("div", "tail"));
+    this.tail.set(dropCodePoints(this.text, this.rendered));
     this.tools = element("div", "tools");
-    this.body.append(this.blocks, this.tailNode, this.tools);
+    this.body.append(this.blocks, this.tail.node, this.tools);
     this.insertHTML(payload.html);
     if (payload.tool_calls?.length) this.showTools(payload.tool_calls);
     this.statusNode = element("span", "status");
@@ -116,6 +115,8 @@ export class MessageView {
     this.feedbackDown = button("👎", "feedback-down", { title: "Bad answer", pressed: payload.feedback === "down" });
     this.actions.append(button("Copy", "copy", { title: "Copy this answer" }), this.feedbackUp, this.feedbackDown);
     this.meta.append(this.statusNode, this.usageNode, this.actions);
+    // Which model wrote it: a conversation may change models between answers.
+    if (payload.model) this.meta.insertBefore(element("span", "model", payload.model), this.actions);
     if (this.simulator) this.meta.append(element("span", "simulated", "simulated"));
     if (payload.context_left_out) {
       const count = payload.context_left_out;
@@ -146,8 +147,8 @@ export class MessageView {
       this.text += fresh;
       this.length = length;
     }
-    if (this.addBlocks(blocks)) this.tailText.data = dropCodePoints(this.text, this.rendered);
-    else if (fresh) this.tailText.appendData(fresh);
+    if (this.addBlocks(blocks)) this.tail.set(dropCodePoints(this.text, this.rendered));
+    else if (fresh) this.tail.append(fresh);
     return true;
   }
 
@@ -185,10 +186,10 @@ export class MessageView {
       this.blocks.replaceChildren();
       this.insertHTML(event.html);
       this.rendered = this.length;
-      this.tailText.data = "";
+      this.tail.set("");
     } else if (this.fits(event.blocks, this.length)) {
       this.addBlocks(event.blocks);
-      this.tailText.data = dropCodePoints(this.text, this.rendered);
+      this.tail.set(dropCodePoints(this.text, this.rendered));
     }
     this.setStatus(event.status, event);
   }
@@ -239,6 +240,71 @@ export class MessageView {
     this.actions.append(
       button(retry ? "Retry" : "Regenerate", "regenerate", { title: retry ? "Try this answer again" : "Answer again" }),
     );
+  }
+}
+
+// A line that opens a fenced code block, as the server's splitter reads it (conversations/markdown.py).
+const FENCE = /^\s*(`{3,}|~{3,})\s*([^\s`]*)/;
+
+/**
+ * The unfinished block of an answer, shown as what it will become: plain text, and once a line in it opens a
+ * code fence, the text before that line followed by a code box, labelled with the fence's language, whose
+ * text grows as it arrives (highlighted once the block is finished and its HTML arrives). Appending costs
+ * time proportional to what is appended; the whole tail is set again only when a block is finished.
+ */
+class Tail {
+  constructor(node) {
+    this.node = node;
+    this.plain = document.createTextNode("");
+    this.node.append(this.plain);
+    this.code = null; // the text node of the open code box, once a fence has opened
+    this.line = ""; // the last line of the plain text, while it is unfinished
+    this.lineStart = 0; // where that line begins in the plain text
+  }
+
+  set(text) {
+    this.node.replaceChildren(this.plain);
+    this.plain.data = "";
+    this.code = null;
+    this.line = "";
+    this.lineStart = 0;
+    this.append(text);
+  }
+
+  append(text) {
+    let rest = text;
+    while (!this.code) {
+      const end = rest.indexOf("\n");
+      if (end < 0) {
+        this.plain.appendData(rest);
+        this.line += rest;
+        return;
+      }
+      const line = this.line + rest.slice(0, end);
+      const piece = rest.slice(0, end + 1);
+      rest = rest.slice(end + 1);
+      this.line = "";
+      const fence = FENCE.exec(line);
+      if (fence) {
+        this.openCode(fence[2]);
+        break;
+      }
+      this.plain.appendData(piece);
+      this.lineStart = this.plain.length;
+    }
+    if (rest) this.code.appendData(rest);
+  }
+
+  /** Replaces the fence's line, shown as text so far, with an empty code box. */
+  openCode(language) {
+    this.plain.data = this.plain.data.slice(0, this.lineStart);
+    const pre = element("pre", "code open");
+    if (language) pre.append(element("span", "code-lang", language));
+    const code = element("code");
+    this.code = document.createTextNode("");
+    code.append(this.code);
+    pre.append(code);
+    this.node.append(pre);
   }
 }
 

@@ -186,10 +186,11 @@ def test_sidebar_renames_deletes_searches_and_shows_a_live_answer_elsewhere(page
     assert len(row.content) > 0
     page.wait_for_selector(f'#conversations li[data-id="{running_conversation}"]:not(.is-live)')
 
-    page.once("dialog", lambda dialog: dialog.accept("Tomatoes"))
     item = page.locator(f'#conversations li[data-id="{first_conversation}"]')
     item.hover()
     item.locator("button.rename").click()
+    item.locator("input.rename-field").fill("Tomatoes")
+    item.locator("input.rename-field").press("Enter")
     page.wait_for_selector(f'#conversations li[data-id="{first_conversation}"] a:text-is("Tomatoes")')
     assert Conversation.objects.get(pk=first_conversation).title == "Tomatoes"
 

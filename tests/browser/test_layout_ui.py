@@ -24,6 +24,16 @@ def test_a_360px_phone_gets_a_drawer_and_no_sideways_scrolling(daphne, login):
     wait_for_status(page, latest_answer(page), "complete")
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
     assert page.evaluate("document.getElementById('transcript').scrollWidth") <= 360
+    # The closed drawer casts no shadow onto the page's left edge.
+    assert page.evaluate("getComputedStyle(document.getElementById('sidebar')).boxShadow") == "none"
+    # "Copy code" sits above the code, never over it.
+    overlaps = page.evaluate(
+        """() => [...document.querySelectorAll('.rendered pre.has-copy')].map((pre) => {
+          const button = pre.querySelector('.copy-code').getBoundingClientRect();
+          return button.bottom - pre.querySelector('code').getBoundingClientRect().top;
+        })"""
+    )
+    assert overlaps and all(overlap <= 1 for overlap in overlaps), overlaps
     page.click("#open-sidebar")
     assert page.get_attribute("#open-sidebar", "aria-expanded") == "true"
     page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().x >= 0")

@@ -99,3 +99,75 @@ def test_a_prefix_has_the_same_finished_blocks_as_the_whole():
         blocks, tail = render_blocks(text[:cut])
         assert blocks == all_blocks[: len(blocks)]
         assert (blocks[-1].end if blocks else 0) + len(tail) == cut
+
+
+# --- GitHub's additions, code labels and math --------------------------------------------------------------
+
+
+def test_tex_becomes_mathml_with_its_source_kept_exactly():
+    html = render_markdown(r"Energy $E=mc^2$, a thin space $a\,b$ and \(x^2\).")
+    assert html.count('<math display="inline">') == 3
+    assert "<msup><mi>c</mi><mn>2</mn></msup>" in html
+    # The source as written, not eaten by markdown's backslash escapes.
+    assert '<annotation encoding="application/x-tex">a\\,b</annotation>' in html
+    assert "<mspace" in html
+
+
+@pytest.mark.parametrize("text", ["$$\n\\int_0^1 x\\,dx\n$$", "\\[\n\\int_0^1 x\\,dx\n\\]"])
+def test_display_math_is_a_block(text):
+    html = render_markdown(text)
+    assert '<div class="math"><math display="block">' in html
+    assert "<msubsup><mo>∫</mo>" in html
+
+
+@pytest.mark.parametrize("text", ["It costs $5 and $10.", "Between $3 and $4 a month", "$ x $ is not math"])
+def test_dollar_amounts_in_prose_are_not_math(text):
+    html = render_markdown(text)
+    assert "<math" not in html
+    assert text.split()[-1].rstrip(".") in html
+
+
+def test_markup_inside_a_formula_is_text():
+    html = render_markdown(r"$\text{</math><img src=x onerror=alert(1)><script>alert(2)</script>}$")
+    assert "<img" not in html and "<script" not in html
+    assert "&lt;img" in html
+
+
+def test_a_formula_that_cannot_be_read_is_shown_as_its_source():
+    html = render_markdown(r"Broken: $\begin{matrix} a$")
+    assert '<code class="math-error">$\\begin{matrix} a$</code>' in html
+
+
+def test_task_lists_are_disabled_checkboxes():
+    html = render_markdown("- [x] done\n- [ ] to do")
+    assert '<ul class="contains-task-list">' in html
+    boxes = re.findall(r"<input [^>]*>", html)
+    assert len(boxes) == 2 and all('type="checkbox"' in box and 'disabled="disabled"' in box for box in boxes)
+    assert ["checked" in box for box in boxes] == [True, False]
+
+
+def test_table_alignment_is_a_class_not_a_style():
+    html = render_markdown("| a | b | c |\n|:--|:-:|--:|\n| 1 | 2 | 3 |")
+    assert '<th class="align-left">a</th>' in html and '<td class="align-right">3</td>' in html
+    assert "style" not in html
+
+
+def test_bare_urls_with_a_scheme_become_links_and_file_names_stay_text():
+    html = render_markdown("See https://example.com/a?b=1, or setup.py and example.com.")
+    assert '<a href="https://example.com/a?b=1" target="_blank" rel="noopener noreferrer nofollow">' in html
+    assert html.count("<a ") == 1
+
+
+def test_code_blocks_are_labelled_with_their_language_known_or_not():
+    html = render_markdown("```python\nprint(1)\n```\n\n```nosuchlang\n<b>\n```\n\n```\nplain\n```")
+    assert '<pre class="code"><span class="code-lang">python</span><code class="language-python">' in html
+    assert '<pre class="code"><span class="code-lang">nosuchlang</span><code>&lt;b&gt;' in html
+    assert html.count("code-lang") == 2
+
+
+def test_mathml_cannot_carry_links_or_styles():
+    # What latex2mathml could be made to write, sanitized as the model's text would be.
+    from conversations.markdown import _cleaner
+
+    dirty = '<math href="javascript:alert(1)" style="color:red"><mi xlink:href="https://x.example">x</mi></math>'
+    assert _cleaner().clean(dirty) == "<math><mi>x</mi></math>"

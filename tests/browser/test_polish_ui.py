@@ -1,0 +1,76 @@
+"""Small things users of other chat apps expect: where the focus is, what the tab says, the settings getting
+out of the way, which model answered, renaming in place and Enter in the edit box."""
+
+import pytest
+
+from tests.browser.helpers import latest_answer, saved, send, use_model, wait_for_status
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_the_page_opens_ready_to_type_and_the_tab_follows_the_conversation(page):
+    assert page.evaluate("document.activeElement.id") == "composer-input"
+    assert page.title() == "Chat"
+    page.click("#settings summary")
+    assert page.locator("#settings").get_attribute("open") is not None
+    model = "dev:tokens=12,tps=400,ttft=0"
+    use_model(page, model)
+    send(page, "Naming the tab")
+    # The settings were for this message: they fold away for the answer.
+    page.wait_for_function("() => !document.getElementById('settings').open")
+    answer = latest_answer(page)
+    wait_for_status(page, answer, "complete")
+    page.wait_for_function("() => document.title === 'Naming the tab · Chat'")
+    assert page.locator(f'.message[data-id="{answer}"] .message-meta .model').inner_text() == model
+    # Reloaded, the conversation's page has its title from the start.
+    page.reload()
+    assert page.title() == "Naming the tab · Chat"
+
+
+def test_rename_happens_in_place_and_enter_sends_an_edit(page):
+    use_model(page, "dev:tokens=12,tps=400,ttft=0")
+    send(page, "The first question")
+    first = latest_answer(page)
+    wait_for_status(page, first, "complete")
+    conversation = str(saved(first).conversation_id)
+    item = page.locator(f'#conversations li[data-id="{conversation}"]')
+    item.hover()
+    item.locator("button.rename").click()
+    field = item.locator("input.rename-field")
+    assert field.input_value() == "The first question"
+    field.fill("Renamed here")
+    field.press("Enter")
+    assert item.locator(".rename-field").count() == 0
+    page.wait_for_function("() => document.title === 'Renamed here · Chat'")
+    assert item.locator("a").inner_text() == "Renamed here"
+    assert saved(first).conversation.title == "Renamed here"
+    # Escape leaves the title as it was.
+    item.hover()
+    item.locator("button.rename").click()
+    item.locator("input.rename-field").fill("Not this")
+    item.locator("input.rename-field").press("Escape")
+    assert item.locator("a").inner_text() == "Renamed here"
+
+    user_message = page.locator(".message.user").first
+    user_message.hover()
+    user_message.locator("button.edit").click()
+    page.fill(".editor textarea", "A better question")
+    page.press(".editor textarea", "Enter")
+    second = latest_answer(page, after=[first])
+    wait_for_status(page, second, "complete")
+    assert page.locator(".message.user .plain").all_inner_texts() == ["A better question"]
+
+
+def test_jump_to_latest_stays_clear_of_the_open_settings(page):
+    use_model(page, "dev:tokens=1500,tps=150,ttft=0.05")
+    send(page, "A long answer to scroll away from")
+    page.wait_for_function(
+        "() => { const t = document.getElementById('transcript'); return t.scrollHeight > 2 * t.clientHeight; }"
+    )
+    page.mouse.move(600, 300)
+    page.mouse.wheel(0, -600)
+    page.locator("#jump").wait_for(state="visible")
+    page.click("#settings summary")
+    jump, composer = page.locator("#jump").bounding_box(), page.locator("#composer").bounding_box()
+    assert jump is not None and composer is not None
+    assert jump["y"] + jump["height"] <= composer["y"], (jump, composer)
