@@ -60,6 +60,20 @@ class FeedbackFilter(admin.SimpleListFilter):
         return queryset
 
 
+class FeedbackReasonFilter(admin.SimpleListFilter):
+    title = "why a thumbs down"
+    parameter_name = "feedback_reason"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, str(label)) for value, label in Message.FeedbackReason.choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if not self.value():
+            return queryset
+        down = Message.objects.filter(conversation=OuterRef("pk"), feedback_reason=self.value())
+        return queryset.filter(Exists(down))
+
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = (
@@ -79,6 +93,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "model",
         LastStatusFilter,
         FeedbackFilter,
+        FeedbackReasonFilter,
         "flagged",
         "updated_at",
         "created_at",
@@ -218,9 +233,10 @@ class MessageAdmin(admin.ModelAdmin):
         "model",
         "completion_tokens",
         "feedback",
+        "feedback_reason",
         "created_at",
     )
-    list_filter = ("role", "status", "model", "feedback")
+    list_filter = ("role", "status", "model", "feedback", "feedback_reason")
     search_fields = ("content",)
     list_select_related = ("conversation", "owner")
 

@@ -40,7 +40,8 @@ def _heading(message: Message) -> str:
     if usage is not None:
         parts.append(f"{usage['prompt_tokens']} + {usage['completion_tokens']} tokens")
     if message.feedback:
-        parts.append(f"feedback: {message.feedback}")
+        reason = f" ({message.get_feedback_reason_display()})" if message.feedback_reason else ""
+        parts.append(f"feedback: {message.feedback}{reason}")
     if message.superseded_at is not None:
         parts.append("superseded")
     return f"## {message.seq}. {message.role.capitalize()} ({', '.join(parts)})"

@@ -48,6 +48,15 @@ class Message(models.Model):
         UP = "up"
         DOWN = "down"
 
+    class FeedbackReason(models.TextChoices):
+        """Why a user rated an answer down (optional; they may say more in a comment)."""
+
+        INCORRECT = "incorrect", "Not correct"
+        UNHELPFUL = "unhelpful", "Not helpful"
+        INCOMPLETE = "incomplete", "Incomplete or cut short"
+        UNSAFE = "unsafe", "Harmful or offensive"
+        OTHER = "other", "Something else"
+
     class Status(models.TextChoices):
         STREAMING = "streaming"
         COMPLETE = "complete"
@@ -84,6 +93,9 @@ class Message(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     feedback = models.CharField(max_length=8, choices=Feedback.choices, blank=True)
+    # With a thumbs down only: what the user said was wrong, for reviewers (the admin filters by it).
+    feedback_reason = models.CharField(max_length=16, choices=FeedbackReason.choices, blank=True)
+    feedback_comment = models.TextField(blank=True)
     context_left_out = models.PositiveIntegerField(
         default=0, help_text="Earlier messages left out of this answer's prompt to fit the model's context."
     )

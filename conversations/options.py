@@ -17,6 +17,7 @@ from conversations.errors import ContentTooLong, InvalidRequest, ModelNotAllowed
 MAX_ID_LENGTH = 64  # client ids (idempotency keys) and the ids of requests; Message.client_id holds this many
 MAX_SYSTEM_CHARS = 8_000
 TITLE_MAX_LENGTH = 200  # Conversation.title holds this many
+FEEDBACK_COMMENT_MAX_CHARS = 2_000
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,16 @@ class GenerationOptions:
     temperature: float | None = None
     max_tokens: int | None = None
     system: str | None = None
+
+
+@dataclass(frozen=True)
+class Rating:
+    """A user's feedback on an answer: "up", "down" or "" (cleared); with "down", optionally a reason (one of
+    Message.FeedbackReason) and a comment."""
+
+    value: str
+    reason: str = ""
+    comment: str = ""
 
 
 def using_simulator() -> bool:
@@ -113,6 +124,20 @@ class Fields:
         if len(value) > limit:
             raise ContentTooLong(f"The message is longer than {limit} characters.", field=field)
         return value
+
+    def rating(self, field: str, reasons: Sequence[str]) -> Rating:
+        """A thumbs up or down in `field` ("up", "down" or null to clear), and with a down an optional `reason`
+        (one of `reasons`) and `comment`."""
+        value = self.data.get(field)
+        if value not in ("up", "down", None):
+            raise self.fail(field, 'must be "up", "down" or null')
+        reason = self.string("reason", required=False, max_length=32) or ""
+        comment = (self.string("comment", required=False, max_length=FEEDBACK_COMMENT_MAX_CHARS) or "").strip()
+        if reason and reason not in reasons:
+            raise self.fail("reason", f"must be one of {', '.join(reasons)}")
+        if (reason or comment) and value != "down":
+            raise self.fail("reason" if reason else "comment", 'goes only with "down"')
+        return Rating(value or "", reason, comment)
 
     def options(self) -> GenerationOptions:
         """`model`, `temperature`, `max_tokens` and `system`, each optional."""

@@ -82,6 +82,8 @@ def message_fields(message: Message) -> dict[str, Any]:
         "tool_calls": message.tool_calls,
         "tool_call_id": message.tool_call_id or None,
         "feedback": message.feedback or None,
+        "feedback_reason": message.feedback_reason or None,
+        "feedback_comment": message.feedback_comment or None,
         "context_left_out": message.context_left_out,
         "created_at": iso(message.created_at),
     }

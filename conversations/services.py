@@ -41,6 +41,7 @@ from conversations.options import (
     MAX_SYSTEM_CHARS,
     TITLE_MAX_LENGTH,
     GenerationOptions,
+    Rating,
     allowed_models,
     model_within,
 )
@@ -536,13 +537,17 @@ def conversation_delete(*, user: User, conversation_id: str) -> tuple[str, list[
     return deleted, streaming
 
 
-def message_set_feedback(*, user: User, message_id: str, value: str) -> Message:
-    """Records the user's thumbs up ("up") or down ("down") on an answer, or clears it ("")."""
+def message_set_feedback(*, user: User, message_id: str, rating: Rating) -> Message:
+    """Records the user's thumbs up or down on an answer (with a down, the reason and comment they gave), or
+    clears it. A new rating replaces the whole previous one."""
     message = selectors.message_get_for_user(user=user, message_id=message_id)
     if message.role != Message.Role.ASSISTANT:
         raise InvalidState("Only answers take feedback.")
-    message.feedback = value
-    message.save(update_fields=["feedback", "updated_at"])
+    message.feedback = rating.value
+    down = rating.value == Message.Feedback.DOWN
+    message.feedback_reason = rating.reason if down else ""
+    message.feedback_comment = rating.comment if down else ""
+    message.save(update_fields=["feedback", "feedback_reason", "feedback_comment", "updated_at"])
     return message
 
 

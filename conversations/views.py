@@ -10,7 +10,8 @@ from django.shortcuts import render
 
 from conversations import selectors
 from conversations.errors import NotFound
-from conversations.options import TITLE_MAX_LENGTH, allowed_models, using_simulator
+from conversations.models import Message
+from conversations.options import FEEDBACK_COMMENT_MAX_CHARS, TITLE_MAX_LENGTH, allowed_models, using_simulator
 
 SITE_NAME = "Chat"  # the browser tab says "<conversation title> · Chat"
 
@@ -39,6 +40,8 @@ def chat_page(request: HttpRequest, conversation_id: uuid.UUID | None = None) ->
         "simulator": simulator,
         "maxContent": settings.CHAT_MAX_CONTENT_CHARS,
         "maxTitle": TITLE_MAX_LENGTH,
+        "feedbackReasons": [[value, str(label)] for value, label in Message.FeedbackReason.choices],
+        "maxFeedbackComment": FEEDBACK_COMMENT_MAX_CHARS,
         "siteName": SITE_NAME,
     }
     context = {

@@ -299,10 +299,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await chat_delete(user=self.user, conversation_id=request.conversation)
             case Feedback():
                 message = await orm(services.message_set_feedback)(
-                    user=self.user, message_id=request.message, value=request.value
+                    user=self.user, message_id=request.message, rating=request.rating
                 )
-                event = {"type": "feedback", "message": str(message.pk), "value": message.feedback or None}
-                await self.emit(protocol.with_ref(event, request.id))
+                await self.emit(protocol.with_ref(protocol.feedback_event(message), request.id))
             case Ping():
                 await self.emit(protocol.with_ref({"type": "pong"}, request.id))
 

@@ -23,6 +23,7 @@ from conversations.options import (
     TITLE_MAX_LENGTH,
     Fields,
     GenerationOptions,
+    Rating,
     allowed_models,
     using_simulator,
 )
@@ -102,7 +103,7 @@ class Delete:
 @dataclass(frozen=True)
 class Feedback:
     message: str
-    value: str  # "up", "down" or "" to clear
+    rating: Rating  # "up", "down" or "" to clear; with "down", an optional reason and comment
     id: str | None = None
 
 
@@ -200,10 +201,8 @@ def _request(data: dict[str, Any], ref: str | None) -> Request:
     if kind == "delete":
         return Delete(conversation=_required_id(fields, "conversation"), id=ref)
     if kind == "feedback":
-        value = fields.data.get("value")
-        if value not in ("up", "down", None):
-            raise fields.fail("value", 'must be "up", "down" or null')
-        return Feedback(message=_required_id(fields, "message"), value=value or "", id=ref)
+        rating = fields.rating("value", Message.FeedbackReason.values)
+        return Feedback(message=_required_id(fields, "message"), rating=rating, id=ref)
     if kind == "cancel":
         return Cancel(message=_required_id(fields, "message"), id=ref)
     if kind == "regenerate":
@@ -311,6 +310,17 @@ def delta_event(
     if logprobs:
         event["logprobs"] = list(logprobs)
     return event
+
+
+def feedback_event(message: Message) -> dict[str, Any]:
+    """An answer's feedback as it now is (the reply to `feedback`)."""
+    return {
+        "type": "feedback",
+        "message": str(message.pk),
+        "value": message.feedback or None,
+        "reason": message.feedback_reason or None,
+        "comment": message.feedback_comment or None,
+    }
 
 
 def error_event(code: str, message: str, ref: str | None = None) -> dict[str, Any]:

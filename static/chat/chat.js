@@ -398,7 +398,10 @@ ui.messages.addEventListener("click", (event) => {
   else if (action === "copy-code") copyText(target.closest("pre").querySelector("code").textContent).then(() => flash(target, "Copied"));
   else if (action === "feedback-up" || action === "feedback-down") {
     const value = action === "feedback-up" ? "up" : "down";
-    connection.send({ type: "feedback", message: view.id, value: view.feedback() === value ? null : value });
+    const clearing = view.feedback() === value;
+    connection.send({ type: "feedback", message: view.id, value: clearing ? null : value });
+    view.node.querySelector(".feedback-form")?.remove();
+    if (value === "down" && !clearing) askWhy(view);
   } else if (action === "regenerate") request({ type: "regenerate", message: view.id });
   else if (action === "edit") startEdit(view);
 });
@@ -437,6 +440,49 @@ function startEdit(view) {
       event.preventDefault();
       save.click();
     }
+  });
+}
+
+/** After a thumbs down: what was wrong, optionally (a reason and a comment, for the reviewers). */
+function askWhy(view) {
+  const form = Object.assign(document.createElement("form"), { className: "feedback-form" });
+  const group = document.createElement("fieldset");
+  group.append(Object.assign(document.createElement("legend"), { textContent: "What was wrong? (optional)" }));
+  for (const [value, label] of config.feedbackReasons) {
+    const choice = document.createElement("label");
+    const radio = Object.assign(document.createElement("input"), { type: "radio", name: "reason", value });
+    choice.append(radio, ` ${label}`);
+    group.append(choice);
+  }
+  const comment = Object.assign(document.createElement("textarea"), { rows: 2, maxLength: config.maxFeedbackComment });
+  comment.setAttribute("aria-label", "Tell us more (optional)");
+  comment.placeholder = "Tell us more (optional)";
+  const send = Object.assign(document.createElement("button"), { type: "submit", className: "primary", textContent: "Send feedback" });
+  const skip = Object.assign(document.createElement("button"), { type: "button", textContent: "Not now" });
+  const buttons = Object.assign(document.createElement("div"), { className: "feedback-buttons" });
+  buttons.append(send, skip);
+  form.append(group, comment, buttons);
+  view.meta.after(form);
+  group.querySelector("input")?.focus();
+  const close = () => {
+    form.remove();
+    view.feedbackDown.focus();
+  };
+  skip.addEventListener("click", close);
+  form.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      close();
+    }
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const reason = form.querySelector("input[name=reason]:checked")?.value;
+    const frame = { type: "feedback", message: view.id, value: "down", comment: comment.value.trim() };
+    if (reason) frame.reason = reason;
+    connection.send(frame);
+    close();
+    showHint("Thanks: your feedback goes to the people who review answers.");
   });
 }
 

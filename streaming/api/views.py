@@ -25,6 +25,7 @@ from conversations.models import ApiToken, Message
 from conversations.options import (
     MAX_ID_LENGTH,
     TITLE_MAX_LENGTH,
+    Fields,
     GenerationOptions,
     allowed_models,
     content_from,
@@ -398,11 +399,8 @@ class MessageFeedbackView(APIView):
         responses={200: schemas.MessageSchema, **ERRORS},
     )
     def post(self, request: Request, message_id: str) -> Response:
-        data = _object(request.data)
-        value = data.get("feedback")
-        if value not in ("up", "down", None):
-            raise InvalidRequest('\'feedback\' must be "up", "down" or null.', field="feedback")
-        message = services.message_set_feedback(user=request.user, message_id=message_id, value=value or "")
+        rating = Fields(_object(request.data)).rating("feedback", Message.FeedbackReason.values)
+        message = services.message_set_feedback(user=request.user, message_id=message_id, rating=rating)
         return Response(message_payload(message))
 
 

@@ -37,7 +37,8 @@ def data():
     message(broken, 1, "user", "Hello?")
     message(
         broken, 2, "assistant", "", status="error", error_code="upstream_auth",
-        error_message="The model server refused the API key.", feedback="down",
+        error_message="The model server refused the API key.", feedback="down", feedback_reason="incomplete",
+        feedback_comment="It stopped <b>before</b> saying anything.",
     )  # fmt: skip
     zebra = conversation(alice, "Animals", model="other")
     message(zebra, 1, "user", "Tell me about zebra stripes")
@@ -76,6 +77,8 @@ def test_filters(staff, data):
     assert listed(staff.get(LIST, {"last_status": "error"})) == {"Error case"}
     assert listed(staff.get(LIST, {"feedback": "up"})) == {"Weather talk"}
     assert listed(staff.get(LIST, {"feedback": "none"})) == {"Animals"}
+    assert listed(staff.get(LIST, {"feedback_reason": "incomplete"})) == {"Error case"}
+    assert listed(staff.get(LIST, {"feedback_reason": "unsafe"})) == set()
     assert listed(staff.get(LIST, {"flagged__exact": "1"})) == {"Error case"}
     assert listed(staff.get(LIST, {"model": "other"})) == {"Animals"}
     assert listed(staff.get(LIST, {"owner__id__exact": data["bob"].pk})) == {"Error case"}
@@ -101,6 +104,9 @@ def test_transcript_is_rendered_sanitized_with_status_usage_and_errors(staff, da
     assert "feedback: up" in page
     broken = staff.get(f"{LIST}{data['broken'].pk}/change/").content.decode()
     assert "upstream_auth" in broken and "The model server refused the API key." in broken
+    # Why the user rated it down, and what they said, escaped as any user text is.
+    assert "feedback: down — Incomplete or cut short" in broken
+    assert "It stopped &lt;b&gt;before&lt;/b&gt; saying anything." in broken
     zebra = staff.get(f"{LIST}{data['zebra'].pk}/change/").content.decode()
     assert "review-superseded" in zebra and "Old answer" in zebra
     # Messages are read-only; the only fields a reviewer edits are the flag and the notes.

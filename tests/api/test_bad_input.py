@@ -10,6 +10,7 @@ from django.test import Client
 
 from conversations import services
 from conversations.models import Conversation
+from conversations.options import GenerationOptions
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,3 +92,21 @@ def test_api_and_private_pages_are_never_stored_by_caches(api):
     for response in (api.get("/api/v1/conversations/"), api.get("/v1/models"), browser.get("/")):
         assert "no-store" in response["Cache-Control"], response
     assert "no-store" not in Client().get("/healthz").get("Cache-Control", "")
+
+
+def test_rest_feedback_takes_a_reason_with_a_thumbs_down_and_refuses_it_otherwise(api):
+    user = get_user_model().objects.get(username="prober")
+    turn = services.message_send(
+        user=user, client_id="rate-rest", conversation_id=None, content="rate", options=GenerationOptions()
+    )
+    path = f"/api/v1/messages/{turn.assistant_message.pk}/feedback/"
+    ok = post(api, path, json.dumps({"feedback": "down", "reason": "unsafe", "comment": "Not for children."}))
+    assert ok.status_code == 200
+    assert (ok.json()["feedback_reason"], ok.json()["feedback_comment"]) == ("unsafe", "Not for children.")
+    for body, field in (
+        ({"feedback": "up", "reason": "unsafe"}, "reason"),
+        ({"feedback": "down", "reason": 7}, "reason"),
+    ):
+        refused = post(api, path, json.dumps(body))
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "invalid_request" and refused.json()["error"]["field"] == field

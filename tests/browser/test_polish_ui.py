@@ -74,3 +74,37 @@ def test_jump_to_latest_stays_clear_of_the_open_settings(page):
     jump, composer = page.locator("#jump").bounding_box(), page.locator("#composer").bounding_box()
     assert jump is not None and composer is not None
     assert jump["y"] + jump["height"] <= composer["y"], (jump, composer)
+
+
+def test_a_thumbs_down_asks_why_and_the_reason_and_comment_are_saved(page):
+    use_model(page, "dev:tokens=12,tps=400,ttft=0")
+    send(page, "Rate this one down")
+    answer = latest_answer(page)
+    wait_for_status(page, answer, "complete")
+    message = page.locator(f'.message[data-id="{answer}"]')
+    message.locator("button.feedback-down").click()
+    form = message.locator("form.feedback-form")
+    form.wait_for()
+    # The thumbs down counts at once; the reason is a second, optional step.
+    page.wait_for_selector(f'.message[data-id="{answer}"] button.feedback-down[aria-pressed="true"]')
+    form.get_by_label("Incomplete or cut short").check()
+    form.get_by_label("Tell us more (optional)").fill("It stopped mid-sentence.")
+    form.get_by_role("button", name="Send feedback").click()
+    assert form.count() == 0
+    page.wait_for_function("id => window.chat.state.views.get(id).feedback() === 'down'", arg=answer)
+    for _ in range(50):
+        row = saved(answer)
+        if row.feedback_comment:
+            break
+        page.wait_for_timeout(100)
+    assert (row.feedback, row.feedback_reason, row.feedback_comment) == (
+        "down",
+        "incomplete",
+        "It stopped mid-sentence.",
+    )
+    # "Not now" leaves the thumbs down as it is, without a reason.
+    message.locator("button.feedback-down").click()  # cleared
+    message.locator("button.feedback-down").click()  # down again
+    message.locator("form.feedback-form").get_by_role("button", name="Not now").click()
+    page.wait_for_selector(f'.message[data-id="{answer}"] button.feedback-down[aria-pressed="true"]')
+    assert message.locator("form.feedback-form").count() == 0

@@ -15,7 +15,7 @@ from django.utils import timezone
 from conversations import selectors, services
 from conversations.errors import ConversationBusy, InvalidState, NotFound, TooManyGenerations, TooManyRequests
 from conversations.models import Message
-from conversations.options import GenerationOptions
+from conversations.options import GenerationOptions, Rating
 
 pytestmark = pytest.mark.django_db
 
@@ -203,14 +203,31 @@ def test_rename_delete_and_feedback_are_scoped_to_the_owner(user, other):
     with pytest.raises(NotFound):
         services.conversation_delete(user=other, conversation_id=conversation_id)
     with pytest.raises(NotFound):
-        services.message_set_feedback(user=other, message_id=str(turn.assistant_message.pk), value="up")
+        services.message_set_feedback(user=other, message_id=str(turn.assistant_message.pk), rating=Rating("up"))
     with pytest.raises(InvalidState):
-        services.message_set_feedback(user=user, message_id=str(turn.user_message.pk), value="up")
-    assert services.message_set_feedback(user=user, message_id=str(turn.assistant_message.pk), value="down").feedback
+        services.message_set_feedback(user=user, message_id=str(turn.user_message.pk), rating=Rating("up"))
+    down = Rating("down")
+    assert services.message_set_feedback(user=user, message_id=str(turn.assistant_message.pk), rating=down).feedback
     assert services.conversation_rename(user=user, conversation_id=conversation_id, title="T").title == "T"
     deleted, streaming = services.conversation_delete(user=user, conversation_id=conversation_id)
     assert (deleted, streaming) == (conversation_id, [str(turn.assistant_message.pk)])
     assert not Message.objects.filter(conversation_id=conversation_id).exists()
+
+
+def test_a_thumbs_down_keeps_its_reason_and_comment_until_the_rating_changes(user):
+    answer = str(send(user).assistant_message.pk)
+    rated = services.message_set_feedback(
+        user=user, message_id=answer, rating=Rating("down", "incorrect", "The date is wrong.")
+    )
+    assert (rated.feedback, rated.feedback_reason, rated.feedback_comment) == (
+        "down",
+        "incorrect",
+        "The date is wrong.",
+    )
+    # A thumbs up (or clearing) replaces the whole rating: no stale reason is left behind.
+    services.message_set_feedback(user=user, message_id=answer, rating=Rating("up"))
+    rated = Message.objects.get(pk=answer)
+    assert (rated.feedback, rated.feedback_reason, rated.feedback_comment) == ("up", "", "")
 
 
 def test_starting_answers_is_limited_per_minute(user, settings):

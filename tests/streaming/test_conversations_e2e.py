@@ -89,6 +89,30 @@ async def test_feedback_is_saved_and_only_on_answers(daphne, make_user):
     await chat.close()
 
 
+async def test_a_thumbs_down_takes_a_reason_and_a_comment_and_bad_ones_are_refused(daphne, make_user):
+    _, session = await sync_to_async(make_user)()
+    chat = await ChatSocket.connect(daphne, session)
+    _, answer = await chat.send_message("rate me down", client_id=unique(), model="dev:tokens=5")
+    await chat.done(answer)
+    frame = {"type": "feedback", "message": answer, "value": "down", "reason": "incomplete", "comment": " Cut off. "}
+    reply = await chat.request({**frame, "id": "d"}, "feedback")
+    assert (reply["value"], reply["reason"], reply["comment"]) == ("down", "incomplete", "Cut off.")
+    row = await sync_to_async(Message.objects.get)(pk=answer)
+    assert (row.feedback, row.feedback_reason, row.feedback_comment) == ("down", "incomplete", "Cut off.")
+    refused = [
+        ({**frame, "reason": "boring"}, "reason"),
+        ({**frame, "value": "up"}, "reason"),
+        ({**frame, "comment": "x" * 2001}, "comment"),
+    ]
+    for number, (bad, field) in enumerate(refused):
+        error = await chat.request({**bad, "id": f"bad{number}"}, "feedback")
+        assert error["type"] == "error" and error["code"] == "invalid_request" and field in error["message"]
+    # Nothing refused changed what was saved.
+    row = await sync_to_async(Message.objects.get)(pk=answer)
+    assert (row.feedback, row.feedback_reason) == ("down", "incomplete")
+    await chat.close()
+
+
 async def test_older_pages_go_back_to_the_first_message(daphne, make_user, settings):
     settings.CHAT_MAX_MESSAGES_PER_MINUTE = 100
     user, session = await sync_to_async(make_user)()
