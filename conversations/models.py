@@ -17,6 +17,8 @@ class Conversation(models.Model):
     # Review (staff only): a flag for follow-up and free-form notes; users never see either.
     flagged = models.BooleanField(default=False)
     reviewer_notes = models.TextField(blank=True)
+    # Pinned by its owner to the top of their list (the most recently pinned first); null: not pinned.
+    pinned_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     # Made through the OpenAI-compatible endpoint: the token that made it, and a hash of how it opened (system

@@ -31,6 +31,7 @@ def conversation_payload(conversation: Conversation, *, live: bool | None = None
         "system": conversation.system_prompt,
         "temperature": conversation.temperature,
         "api_token": conversation.api_token_id,  # the API token that made it (None: made in the chat)
+        "pinned": conversation.pinned_at is not None,
         "created_at": iso(conversation.created_at),
         "updated_at": iso(conversation.updated_at),
     }

@@ -11,7 +11,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Count, Exists, OuterRef, Prefetch, Q, Sum
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -186,9 +186,10 @@ def conversation_messages_page(
 def conversation_list_for_user(
     *, user: User, query: str = "", offset: int = 0, limit: int = CONVERSATION_PAGE, source: str = ""
 ) -> tuple[list[tuple[Conversation, bool]], bool]:
-    """The user's conversations, most recently active first, each with whether an answer is being written in
-    it; `query` matches titles and the text of live messages, `source` keeps those made in the chat ("chat")
-    or through an API token ("api"). Also whether more remain after this page."""
+    """The user's conversations, the pinned ones first (the latest pinned first), then the most recently
+    active, each with whether an answer is being written in it; `query` matches titles and the text of live
+    messages, `source` keeps those made in the chat ("chat") or through an API token ("api"). Also whether
+    more remain after this page."""
     conversations = Conversation.objects.filter(owner_id=user.pk)
     if source:
         conversations = conversations.filter(api_token__isnull=source == "chat")
@@ -200,7 +201,8 @@ def conversation_list_for_user(
             owner_id=user.pk, superseded_at__isnull=True, content__icontains=query
         ).values("conversation_id")
         conversations = conversations.filter(Q(title__icontains=query) | Q(pk__in=in_messages))
-    page = list(conversations.order_by("-updated_at", "-pk")[offset : offset + limit + 1])
+    order = (F("pinned_at").desc(nulls_last=True), "-updated_at", "-pk")
+    page = list(conversations.order_by(*order)[offset : offset + limit + 1])
     return [(conversation, conversation.live) for conversation in page[:limit]], len(page) > limit
 
 

@@ -514,6 +514,15 @@ def _insert_sql(vendor: str, label: str) -> str:
     return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {row}"  # noqa: S608
 
 
+def conversation_pin(*, user: User, conversation_id: str, pinned: bool) -> Conversation:
+    """Pins a conversation to the top of its owner's list, or unpins it. Not activity: `updated_at` stays."""
+    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    if pinned != (conversation.pinned_at is not None):
+        conversation.pinned_at = timezone.now() if pinned else None
+        Conversation.objects.filter(pk=conversation.pk).update(pinned_at=conversation.pinned_at)
+    return conversation
+
+
 def conversation_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
     conversation.title = clean_title(title)[:TITLE_MAX_LENGTH]
@@ -679,12 +688,15 @@ def conversation_create(*, user: User, title: str, options: GenerationOptions) -
 
 
 def conversation_update(
-    *, user: User, conversation_id: str, title: str | None, options: GenerationOptions
+    *, user: User, conversation_id: str, title: str | None, options: GenerationOptions, pinned: bool | None = None
 ) -> Conversation:
-    """Changes a conversation's title and settings (`None` keeps a value); they apply from the next answer on."""
+    """Changes a conversation's title, settings and pin (`None` keeps a value); settings apply from the next
+    answer on."""
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
     if title is not None:
         conversation.title = clean_title(title)[:TITLE_MAX_LENGTH]
+    if pinned is not None and pinned != (conversation.pinned_at is not None):
+        conversation.pinned_at = timezone.now() if pinned else None
     _apply_options(conversation, options)
     conversation.save()
     return conversation

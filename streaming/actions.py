@@ -191,6 +191,15 @@ async def chat_rename(*, user: User, conversation_id: str, title: str) -> Conver
     return conversation
 
 
+async def chat_pin(*, user: User, conversation_id: str, pinned: bool) -> Conversation:
+    """Pins or unpins a conversation, and tells the user's sockets that show the list."""
+    conversation: Conversation = await orm(services.conversation_pin)(
+        user=user, conversation_id=conversation_id, pinned=pinned
+    )
+    get_bus().publish(events.user_group(conversation.owner_id), events.conversation(conversation_payload(conversation)))
+    return conversation
+
+
 async def chat_delete(*, user: User, conversation_id: str) -> None:
     """Deletes a conversation, stopping its running answer at once, and tells the user's sockets."""
     deleted, streaming = await orm(services.conversation_delete)(user=user, conversation_id=conversation_id)

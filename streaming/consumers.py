@@ -24,7 +24,15 @@ from conversations.models import Message
 from conversations.payloads import conversation_payload, message_payload
 from conversations.services import Turn
 from streaming import access, events, lifecycle, metrics, protocol, sockets
-from streaming.actions import chat_cancel, chat_delete, chat_edit, chat_regenerate, chat_rename, chat_send
+from streaming.actions import (
+    chat_cancel,
+    chat_delete,
+    chat_edit,
+    chat_pin,
+    chat_regenerate,
+    chat_rename,
+    chat_send,
+)
 from streaming.aio import Source, dispatch_in_order, orm
 from streaming.events import get_bus, user_group
 from streaming.lifecycle import get_engine
@@ -39,6 +47,7 @@ from streaming.protocol import (
     ListConversations,
     Older,
     Open,
+    Pin,
     Ping,
     Regenerate,
     Rename,
@@ -288,6 +297,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             case Rename():
                 conversation = await chat_rename(
                     user=self.user, conversation_id=request.conversation, title=request.title
+                )
+                await self.emit(
+                    protocol.with_ref(
+                        {"type": "conversation", "conversation": conversation_payload(conversation)},
+                        request.id,
+                    )
+                )
+            case Pin():
+                conversation = await chat_pin(
+                    user=self.user, conversation_id=request.conversation, pinned=request.pinned
                 )
                 await self.emit(
                     protocol.with_ref(

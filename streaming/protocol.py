@@ -95,6 +95,13 @@ class Rename:
 
 
 @dataclass(frozen=True)
+class Pin:
+    conversation: str
+    pinned: bool
+    id: str | None = None
+
+
+@dataclass(frozen=True)
 class Delete:
     conversation: str
     id: str | None = None
@@ -134,7 +141,19 @@ class Ping:
 
 
 Request = (
-    Send | Open | Resume | Cancel | Regenerate | Edit | Ping | Older | ListConversations | Rename | Delete | Feedback
+    Send
+    | Open
+    | Resume
+    | Cancel
+    | Regenerate
+    | Edit
+    | Ping
+    | Older
+    | ListConversations
+    | Rename
+    | Pin
+    | Delete
+    | Feedback
 )
 
 
@@ -198,6 +217,11 @@ def _request(data: dict[str, Any], ref: str | None) -> Request:
         if not title:
             raise fields.fail("title", "must not be blank")
         return Rename(conversation=_required_id(fields, "conversation"), title=title, id=ref)
+    if kind == "pin":
+        pinned = fields.data.get("pinned")
+        if not isinstance(pinned, bool):
+            raise fields.fail("pinned", "must be true or false")
+        return Pin(conversation=_required_id(fields, "conversation"), pinned=pinned, id=ref)
     if kind == "delete":
         return Delete(conversation=_required_id(fields, "conversation"), id=ref)
     if kind == "feedback":

@@ -49,6 +49,7 @@ const state = {
   query: "",
   source: "", // "chat" or "api": only conversations made there ("" for all)
   listed: 0,
+  pinRank: new Map(), // conversation id -> its place among the pinned (higher first)
   signedOut: false, // the server closed the socket: the session no longer lets this page in
 };
 
@@ -167,8 +168,10 @@ const handlers = {
     if (!known && !event.conversation.title) return; // only a live flag for a conversation not in the list
     if (!known && state.source && (event.conversation.api_token === null) !== (state.source === "chat")) return;
     const merged = { ...known, ...event.conversation };
+    if (merged.pinned && !known?.pinned) state.pinRank.set(merged.id, Date.now()); // newly pinned: first
     state.conversations.set(merged.id, merged);
     renderSidebarItem(merged, { toTop: Boolean(event.conversation.updated_at) && !state.query });
+    arrangeSidebar();
     if (merged.id === state.conversation) showTitle(merged.title);
   },
   conversation_deleted(event) {
@@ -183,10 +186,13 @@ const handlers = {
       state.conversations.clear();
       ui.conversations.replaceChildren();
     }
-    for (const conversation of event.conversations) {
+    for (const [index, conversation] of event.conversations.entries()) {
       state.conversations.set(conversation.id, conversation);
+      // The server lists the pinned first, the latest pinned first: keep that order among them.
+      if (conversation.pinned) state.pinRank.set(conversation.id, -(event.offset + index));
       renderSidebarItem(conversation, {});
     }
+    arrangeSidebar();
     state.listed = event.offset + event.conversations.length;
     ui.moreConversations.hidden = !event.has_more;
     ui.noConversations.hidden = state.conversations.size > 0;
@@ -240,6 +246,56 @@ function setConversation(id, { push = false, reopen = true } = {}) {
   refresh();
 }
 
+const DAY = 24 * 60 * 60 * 1000;
+
+/** Which heading of the list a conversation last active at `updatedAt` falls under, as the reader counts days. */
+function dateGroup(updatedAt, today) {
+  const days = Math.floor((today - new Date(updatedAt).setHours(0, 0, 0, 0)) / DAY);
+  if (days <= 0) return "Today";
+  if (days === 1) return "Yesterday";
+  if (days < 7) return "Previous 7 days";
+  if (days < 30) return "Previous 30 days";
+  return "Older";
+}
+
+/**
+ * Puts the list in order under its headings: the pinned first (the latest pinned first), then the rest by
+ * when they were last active, under "Today", "Yesterday", "Previous 7 days"… (search results go without
+ * headings). Runs after every change to the list; the list holds the pages loaded so far, a few dozen items.
+ */
+function arrangeSidebar() {
+  const current = [...ui.conversations.children];
+  const items = current.filter((node) => node.dataset.id);
+  const info = (item) => state.conversations.get(item.dataset.id) || {};
+  const pinned = items.filter((item) => info(item).pinned);
+  const rest = items.filter((item) => !info(item).pinned);
+  pinned.sort((a, b) => (state.pinRank.get(b.dataset.id) ?? 0) - (state.pinRank.get(a.dataset.id) ?? 0));
+  rest.sort((a, b) => (info(b).updated_at || "").localeCompare(info(a).updated_at || ""));
+  const headings = new Map(current.filter((node) => !node.dataset.id).map((node) => [node.textContent, node]));
+  const heading = (text) => {
+    if (headings.has(text)) return headings.get(text);
+    const node = document.createElement("li");
+    node.className = "group";
+    node.setAttribute("role", "presentation");
+    node.append(Object.assign(document.createElement("h2"), { textContent: text }));
+    return node;
+  };
+  const arranged = [];
+  if (pinned.length && !state.query) arranged.push(heading("Pinned"));
+  arranged.push(...pinned);
+  const today = new Date().setHours(0, 0, 0, 0);
+  let group = null;
+  for (const item of rest) {
+    const label = dateGroup(info(item).updated_at, today);
+    if (label !== group && !state.query) arranged.push(heading(label));
+    group = label;
+    arranged.push(item);
+  }
+  // Left alone when already in order: moving a node takes the focus from it (a title being renamed, say).
+  if (arranged.length === current.length && arranged.every((node, index) => node === current[index])) return;
+  ui.conversations.replaceChildren(...arranged);
+}
+
 /** The conversation's title in the bar and in the browser tab (its history and bookmarks). */
 function showTitle(title) {
   ui.title.textContent = title || "New chat";
@@ -265,9 +321,11 @@ function renderSidebarItem(conversation, { toTop }) {
     Object.assign(source, { className: "source", textContent: "API", title: "Made through an API token", hidden: true });
     const rename = document.createElement("button");
     Object.assign(rename, { type: "button", className: "icon rename", textContent: "✎", title: "Rename" });
+    const pin = document.createElement("button");
+    Object.assign(pin, { type: "button", className: "icon pin", textContent: "📌", title: "Pin to the top" });
     const remove = document.createElement("button");
     Object.assign(remove, { type: "button", className: "icon delete", textContent: "🗑", title: "Delete" });
-    item.append(link, source, live, rename, remove);
+    item.append(link, source, live, pin, rename, remove);
     if (toTop) ui.conversations.prepend(item);
     else ui.conversations.append(item);
     ui.noConversations.hidden = true;
@@ -278,6 +336,10 @@ function renderSidebarItem(conversation, { toTop }) {
   link.textContent = conversation.title || "Untitled";
   item.querySelector(".rename").setAttribute("aria-label", `Rename “${link.textContent}”`);
   item.querySelector(".delete").setAttribute("aria-label", `Delete “${link.textContent}”`);
+  const pin = item.querySelector(".pin");
+  pin.setAttribute("aria-label", `Pin “${link.textContent}” to the top`);
+  pin.setAttribute("aria-pressed", String(Boolean(conversation.pinned)));
+  item.classList.toggle("is-pinned", Boolean(conversation.pinned));
   if (conversation.id === state.conversation) link.setAttribute("aria-current", "page");
   if ("api_token" in conversation) item.querySelector(".source").hidden = conversation.api_token === null;
   item.classList.toggle("is-live", Boolean(conversation.live));
@@ -293,6 +355,8 @@ ui.conversations.addEventListener("click", (event) => {
     event.preventDefault();
     if (id !== state.conversation) setConversation(id, { push: true });
     else closeSidebar();
+  } else if (event.target.closest(".pin")) {
+    connection.send({ type: "pin", conversation: id, pinned: !state.conversations.get(id)?.pinned });
   } else if (event.target.closest(".rename")) {
     renameInline(item);
   } else if (event.target.closest(".delete")) {

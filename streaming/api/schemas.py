@@ -65,6 +65,7 @@ class ConversationSchema(serializers.Serializer):
     api_token = serializers.IntegerField(
         allow_null=True, help_text="The id of the API token that made it through /v1; null if made in the chat."
     )
+    pinned = serializers.BooleanField(help_text="Pinned by its owner to the top of the list.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     live = serializers.BooleanField(required=False, help_text="Whether an answer is being written (in lists).")
@@ -87,6 +88,10 @@ class ConversationWriteSchema(serializers.Serializer):
     model = serializers.CharField(required=False, help_text="One of GET /api/v1/models/.")
     temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
     system = serializers.CharField(required=False, max_length=8000, allow_blank=True, help_text="System prompt.")
+
+
+class ConversationUpdateSchema(ConversationWriteSchema):
+    pinned = serializers.BooleanField(required=False, help_text="Pin it to the top of your list, or unpin it.")
 
 
 class SendSchema(ConversationWriteSchema):

@@ -213,15 +213,19 @@ class ConversationDetailView(AsyncAPIView):
         return Response(conversation_payload(conversation))
 
     @extend_schema(
-        summary="Change a conversation's title, model, temperature or system prompt",
+        summary="Change a conversation's title, model, temperature, system prompt or pin",
         description="Absent or null fields keep their value; the settings apply from the next answer on.",
-        request=schemas.ConversationWriteSchema,
+        request=schemas.ConversationUpdateSchema,
         responses={200: schemas.ConversationSchema, **ERRORS},
     )
     async def patch(self, request: Request, conversation_id: str) -> Response:
         data = _object(request.data)
         conversation = await orm(services.conversation_update)(
-            user=request.user, conversation_id=conversation_id, title=_title(data), options=options_from(data)
+            user=request.user,
+            conversation_id=conversation_id,
+            title=_title(data),
+            options=options_from(data),
+            pinned=_flag(data, "pinned") if "pinned" in data else None,
         )
         return Response(conversation_payload(conversation))
 

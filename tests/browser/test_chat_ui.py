@@ -195,11 +195,11 @@ def test_sidebar_renames_deletes_searches_and_shows_a_live_answer_elsewhere(page
     assert Conversation.objects.get(pk=first_conversation).title == "Tomatoes"
 
     page.fill("#search", "astronomy")
-    page.wait_for_function("() => document.querySelectorAll('#conversations li').length === 1")
-    assert page.locator("#conversations li").get_attribute("data-id") == running_conversation
+    page.wait_for_function("() => document.querySelectorAll('#conversations li[data-id]').length === 1")
+    assert page.locator("#conversations li[data-id]").get_attribute("data-id") == running_conversation
     # Search covers message contents too: the simulator's answers mention "checkpoint" or "socket".
     page.fill("#search", "")
-    page.wait_for_function("() => document.querySelectorAll('#conversations li').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#conversations li[data-id]').length === 2")
 
     item = page.locator(f'#conversations li[data-id="{running_conversation}"]')
     item.hover()
@@ -221,7 +221,7 @@ def test_search_finds_text_inside_messages(page, make_user):
     send(page, "Something else")
     wait_for_status(page, latest_answer(page), "complete")
     page.fill("#search", "zanzib")
-    page.wait_for_function("() => document.querySelectorAll('#conversations li').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#conversations li[data-id]').length === 1")
     assert page.locator("#conversations li a").inner_text() == "The word is zanzibar"
 
 
@@ -330,7 +330,7 @@ def test_the_sidebar_marks_and_filters_conversations_made_through_the_api(daphne
     assert scripted.locator(".source").is_visible() and scripted.locator(".source").inner_text() == "API"
     assert page.locator("#conversations li", has_text="Typed here").locator(".source").is_hidden()
     page.select_option("#source", "api")
-    page.wait_for_function("() => document.querySelectorAll('#conversations li').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#conversations li[data-id]').length === 1")
     assert titles() == ["From a script"]
     page.select_option("#source", "chat")
     page.wait_for_function("() => document.querySelector('#conversations li a')?.textContent === 'Typed here'")

@@ -1,8 +1,12 @@
 """Small things users of other chat apps expect: where the focus is, what the tab says, the settings getting
 out of the way, which model answered, renaming in place and Enter in the edit box."""
 
-import pytest
+from datetime import timedelta
 
+import pytest
+from django.utils import timezone
+
+from conversations.models import Conversation
 from tests.browser.helpers import latest_answer, saved, send, use_model, wait_for_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -108,3 +112,42 @@ def test_a_thumbs_down_asks_why_and_the_reason_and_comment_are_saved(page):
     message.locator("form.feedback-form").get_by_role("button", name="Not now").click()
     page.wait_for_selector(f'.message[data-id="{answer}"] button.feedback-down[aria-pressed="true"]')
     assert message.locator("form.feedback-form").count() == 0
+
+
+def test_the_list_is_grouped_by_day_and_a_pinned_conversation_stays_on_top(daphne, login, make_user):
+    owner, session = make_user()
+    now = timezone.now()
+    for title, age in (("Last month's plan", timedelta(days=40)), ("Yesterday's notes", timedelta(days=1))):
+        conversation = Conversation.objects.create(owner=owner, title=title, model="dev")
+        Conversation.objects.filter(pk=conversation.pk).update(updated_at=now - age)
+    _, context = login(daphne, session=(owner, session))
+    page = context.new_page()
+    page.goto(daphne.origin + "/")
+    page.wait_for_function("() => window.chat.connection.ready")
+    use_model(page, "dev:tokens=8,tps=400,ttft=0")
+    send(page, "Something for today")
+    wait_for_status(page, latest_answer(page), "complete")
+    sidebar = "#conversations > li"
+    page.wait_for_function(f"() => document.querySelectorAll('{sidebar}[data-id]').length === 3")
+    labels = page.locator(sidebar).evaluate_all(
+        "nodes => nodes.map((n) => (n.classList.contains('group') ? '# ' : '') + n.querySelector('h2, a').textContent)"
+    )
+    assert labels == [
+        "# Today", "Something for today", "# Yesterday", "Yesterday's notes", "# Older", "Last month's plan",
+    ]  # fmt: skip
+
+    old = page.locator(f"{sidebar}", has_text="Last month's plan")
+    old.hover()
+    old.locator("button.pin").click()
+    page.wait_for_function(
+        "() => document.querySelector('#conversations > li:nth-child(2) a')?.textContent === \"Last month's plan\""
+    )
+    assert page.locator(f"{sidebar}").first.text_content() == "Pinned"
+    assert old.locator("button.pin").get_attribute("aria-pressed") == "true"
+    # A new answer elsewhere does not move it from the top; a reload keeps it there.
+    send(page, "More for today")
+    wait_for_status(page, latest_answer(page, after=[]), "complete")
+    page.reload()
+    page.wait_for_function("() => document.querySelectorAll('#conversations > li[data-id]').length === 3")
+    assert page.locator(f"{sidebar}").nth(1).locator("a").inner_text() == "Last month's plan"
+    assert Conversation.objects.get(title="Last month's plan").pinned_at is not None

@@ -14,8 +14,9 @@ from django.utils import timezone
 
 from conversations import selectors, services
 from conversations.errors import ConversationBusy, InvalidState, NotFound, TooManyGenerations, TooManyRequests
-from conversations.models import Message
+from conversations.models import Conversation, Message
 from conversations.options import GenerationOptions, Rating
+from conversations.payloads import conversation_payload
 
 pytestmark = pytest.mark.django_db
 
@@ -270,3 +271,20 @@ def test_a_follow_up_turn_costs_the_same_statements_at_any_history_length(settin
     prompt = turn.prompt or []
     asked = [message["content"] for message in prompt if message["role"] == "user"]
     assert asked == [f"turn {number}" for number in range(1, 31)]
+
+
+def test_pinned_conversations_come_first_latest_pinned_first_and_pinning_is_not_activity(user, other, settings):
+    settings.CHAT_MAX_CONCURRENT_PER_USER = 10
+    older, middle, _ = (send(user, content=name).conversation for name in ("older", "middle", "newest"))
+    before = Conversation.objects.get(pk=older.pk).updated_at
+    services.conversation_pin(user=user, conversation_id=str(older.pk), pinned=True)
+    services.conversation_pin(user=user, conversation_id=str(middle.pk), pinned=True)
+    page, _ = selectors.conversation_list_for_user(user=user)
+    assert [conversation.title for conversation, _ in page] == ["middle", "older", "newest"]
+    assert Conversation.objects.get(pk=older.pk).updated_at == before
+    assert conversation_payload(Conversation.objects.get(pk=older.pk))["pinned"] is True
+    services.conversation_pin(user=user, conversation_id=str(middle.pk), pinned=False)
+    page, _ = selectors.conversation_list_for_user(user=user)
+    assert [conversation.title for conversation, _ in page] == ["older", "newest", "middle"]
+    with pytest.raises(NotFound):
+        services.conversation_pin(user=other, conversation_id=str(older.pk), pinned=False)

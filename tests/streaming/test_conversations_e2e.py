@@ -167,3 +167,21 @@ async def test_regenerate_and_edit_tell_every_tab_what_they_replaced(daphne, mak
     assert [m["content"] for m in history["messages"] if m["role"] == "user"] == ["better"]
     for socket in (chat, tab):
         await socket.close()
+
+
+async def test_pin_moves_a_conversation_to_the_top_of_the_list_and_bad_pins_are_refused(daphne, make_user):
+    _, session = await sync_to_async(make_user)()
+    chat = await ChatSocket.connect(daphne, session)
+    first, answer = await chat.send_message("the first", client_id=unique(), model="dev:tokens=3")
+    await chat.done(answer)
+    second, answer = await chat.send_message("the second", client_id=unique(), model="dev:tokens=3")
+    await chat.done(answer)
+    reply = await chat.request({"type": "pin", "conversation": first, "pinned": True, "id": "p"}, "conversation")
+    assert (reply["conversation"]["id"], reply["conversation"]["pinned"], reply["ref"]) == (first, True, "p")
+    listing = await chat.request({"type": "conversations", "id": "l"}, "conversations")
+    assert [(c["id"], c["pinned"]) for c in listing["conversations"]] == [(first, True), (second, False)]
+    for number, bad in enumerate(({"pinned": "yes"}, {"pinned": None}, {"conversation": "not-an-id"})):
+        frame = {"type": "pin", "conversation": first, "pinned": True, **bad, "id": f"bad{number}"}
+        error = await chat.request(frame, "conversation")
+        assert error["type"] == "error" and error["code"] in ("invalid_request", "not_found"), error
+    await chat.close()
