@@ -180,7 +180,8 @@ async def test_pin_moves_a_conversation_to_the_top_of_the_list_and_bad_pins_are_
     assert (reply["conversation"]["id"], reply["conversation"]["pinned"], reply["ref"]) == (first, True, "p")
     listing = await chat.request({"type": "conversations", "id": "l"}, "conversations")
     assert [(c["id"], c["pinned"]) for c in listing["conversations"]] == [(first, True), (second, False)]
-    for number, bad in enumerate(({"pinned": "yes"}, {"pinned": None}, {"conversation": "not-an-id"})):
+    bad_fields: list[dict[str, object]] = [{"pinned": "yes"}, {"pinned": None}, {"conversation": "not-an-id"}]
+    for number, bad in enumerate(bad_fields):
         frame = {"type": "pin", "conversation": first, "pinned": True, **bad, "id": f"bad{number}"}
         error = await chat.request(frame, "conversation")
         assert error["type"] == "error" and error["code"] in ("invalid_request", "not_found"), error
