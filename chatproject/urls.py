@@ -13,6 +13,8 @@ admin.site.enable_nav_sidebar = False
 urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("c/<uuid:conversation_id>/", views.chat_page, name="conversation"),
+    path("c/<uuid:conversation_id>/export.<str:extension>", views.conversation_export, name="conversation-export"),
+    path("s/<str:token>/", views.shared_page, name="shared"),
     path("accounts/", include(account_urls)),
     path("admin/", admin.site.urls),
     path("healthz", probes.healthz, name="healthz"),

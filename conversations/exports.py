@@ -1,7 +1,8 @@
-"""Conversations exported for review: JSON (every field, for programs) and Markdown (for people).
+"""Conversations exported: JSON (every field, for programs) and Markdown (for people).
 
-Both hold every message, superseded ones included and marked, with status, usage and errors, plus the
-reviewer's flag and notes.
+For review (the admin), both hold every message, superseded ones included and marked, with status, usage
+and errors, plus the reviewer's flag and notes. For the owner (`review=False`, the chat's export), they hold
+the transcript as its owner sees it and nothing of the review.
 """
 
 import json
@@ -11,25 +12,27 @@ from conversations.models import Conversation, Message
 from conversations.payloads import conversation_payload, iso, message_fields, usage_payload
 
 
-def conversation_record(conversation: Conversation) -> dict[str, Any]:
-    """A conversation as the API shows it, with its owner, the review fields and every message.
-
-    Precondition: `conversation.messages` is prefetched (selectors.conversations_for_export).
-    """
-    return {
-        **conversation_payload(conversation),
-        "owner": conversation.owner.get_username(),
-        "flagged": conversation.flagged,
-        "reviewer_notes": conversation.reviewer_notes,
-        "messages": [
-            {**message_fields(message), "superseded": message.superseded_at is not None}
-            for message in conversation.messages.all()
-        ],
-    }
+def _messages(conversation: Conversation, *, review: bool) -> list[Message]:
+    """Precondition: `conversation.messages` is prefetched (selectors.conversations_for_export)."""
+    return [message for message in conversation.messages.all() if review or message.superseded_at is None]
 
 
-def export_json(conversations: list[Conversation]) -> str:
-    return json.dumps({"conversations": [conversation_record(c) for c in conversations]}, ensure_ascii=False, indent=2)
+def conversation_record(conversation: Conversation, *, review: bool = True) -> dict[str, Any]:
+    """A conversation as the API shows it, with its owner and its messages, and for review the review fields
+    and the superseded messages too."""
+    record = {**conversation_payload(conversation), "owner": conversation.owner.get_username()}
+    if review:
+        record |= {"flagged": conversation.flagged, "reviewer_notes": conversation.reviewer_notes}
+    record["messages"] = [
+        {**message_fields(message), "superseded": message.superseded_at is not None}
+        for message in _messages(conversation, review=review)
+    ]
+    return record
+
+
+def export_json(conversations: list[Conversation], *, review: bool = True) -> str:
+    records = [conversation_record(conversation, review=review) for conversation in conversations]
+    return json.dumps({"conversations": records}, ensure_ascii=False, indent=2)
 
 
 def _heading(message: Message) -> str:
@@ -47,7 +50,7 @@ def _heading(message: Message) -> str:
     return f"## {message.seq}. {message.role.capitalize()} ({', '.join(parts)})"
 
 
-def export_markdown(conversations: list[Conversation]) -> str:
+def export_markdown(conversations: list[Conversation], *, review: bool = True) -> str:
     sections = []
     for conversation in conversations:
         lines = [
@@ -57,13 +60,14 @@ def export_markdown(conversations: list[Conversation]) -> str:
             f"- Owner: {conversation.owner.get_username()}",
             f"- Model: {conversation.model}",
             f"- Created: {iso(conversation.created_at)}; updated: {iso(conversation.updated_at)}",
-            f"- Flagged: {'yes' if conversation.flagged else 'no'}",
         ]
-        if conversation.reviewer_notes:
+        if review:
+            lines.append(f"- Flagged: {'yes' if conversation.flagged else 'no'}")
+        if review and conversation.reviewer_notes:
             lines.append(f"- Reviewer notes: {conversation.reviewer_notes}")
         if conversation.system_prompt:
             lines += ["", "System prompt:", "", conversation.system_prompt]
-        for message in conversation.messages.all():
+        for message in _messages(conversation, review=review):
             lines += ["", _heading(message), "", message.content or "*(no text)*"]
             if message.error_code:
                 lines += ["", f"> Error `{message.error_code}`: {message.error_message}"]

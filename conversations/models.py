@@ -186,3 +186,25 @@ class Preferences(models.Model):
 
     def __str__(self) -> str:
         return f"Preferences of {self.user}"
+
+
+class SharedConversation(models.Model):
+    """A read-only snapshot of a conversation's transcript, published by its owner at an unguessable address
+    (`/s/<token>/`) that anyone with the link may read until the owner stops sharing it (the row is deleted).
+
+    A snapshot, not a view: what was said after sharing is not shown, and neither are replaced versions; the
+    messages are kept as they were shown (`role`, `content`, an answer's sanitized `html`, `model`).
+    """
+
+    token = models.CharField(max_length=64, unique=True)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="shares")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="shares")
+    title = models.CharField(max_length=200, blank=True)
+    messages = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Share of {self.title or self.conversation_id}"

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from conversations import budget
 from conversations.errors import NotFound
-from conversations.models import ApiToken, Conversation, Message, Preferences, UserQuota
+from conversations.models import ApiToken, Conversation, Message, Preferences, SharedConversation, UserQuota
 from conversations.payloads import chat_message
 
 User = AbstractBaseUser | AnonymousUser
@@ -284,6 +284,29 @@ def usage_per_user_per_day(*, since: date, owner_id: Any = None) -> list[dict[st
         .order_by("-day", "owner__username")
     )
     return [{**row, "total_tokens": row["prompt_tokens"] + row["completion_tokens"]} for row in rows]
+
+
+def conversation_transcript(*, conversation: Conversation) -> list[Message]:
+    """The conversation's live messages (what its owner sees), in order."""
+    return list(Message.objects.filter(conversation=conversation, superseded_at__isnull=True).order_by("seq"))
+
+
+def share_get_for_user(*, user: User, share_id: str) -> SharedConversation:
+    """One of the user's shares; NotFound for another's (or one that does not exist)."""
+    try:
+        return SharedConversation.objects.get(pk=int(share_id), owner_id=user.pk)
+    except (SharedConversation.DoesNotExist, ValueError, TypeError) as exc:
+        raise NotFound from exc
+
+
+def shares_for_conversation(*, user: User, conversation_id: str) -> list[SharedConversation]:
+    conversation = conversation_get_for_user(user=user, conversation_id=conversation_id)
+    return list(SharedConversation.objects.filter(conversation=conversation))
+
+
+def share_get_public(*, token: str) -> SharedConversation | None:
+    """The share at an address, for anyone who has it; None when there is none (never shared, or stopped)."""
+    return SharedConversation.objects.filter(token=token).first()
 
 
 def conversations_for_export(*, conversation_ids: list[Any]) -> list[Conversation]:

@@ -36,7 +36,7 @@ from conversations.errors import (
     TooManyRequests,
 )
 from conversations.markdown import render_markdown
-from conversations.models import ApiToken, Conversation, Message, Preferences
+from conversations.models import ApiToken, Conversation, Message, Preferences, SharedConversation
 from conversations.options import (
     MAX_SYSTEM_CHARS,
     TITLE_MAX_LENGTH,
@@ -45,7 +45,7 @@ from conversations.options import (
     allowed_models,
     model_within,
 )
-from conversations.payloads import chat_message
+from conversations.payloads import chat_message, rendered_html
 from conversations.text import clean_title
 
 User = AbstractBaseUser | AnonymousUser
@@ -512,6 +512,37 @@ def _insert_sql(vendor: str, label: str) -> str:
     columns = ", ".join(quote(field.column) for field in meta.concrete_fields)
     row = "(" + ", ".join(["%s"] * len(meta.concrete_fields)) + ")"
     return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {row}"  # noqa: S608
+
+
+SHARE_TOKEN_BYTES = 24  # 192 random bits in the address of a shared conversation
+
+
+def share_create(*, user: User, conversation_id: str) -> SharedConversation:
+    """Publishes a snapshot of the conversation's transcript as it is now (its live messages, as shown) at a
+    new unguessable address. Refused while an answer is being written: the snapshot would hold half of it."""
+    conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    messages = selectors.conversation_transcript(conversation=conversation)
+    if any(message.status == Message.Status.STREAMING for message in messages):
+        raise InvalidState("An answer is still being written; share once it has ended.")
+    return SharedConversation.objects.create(
+        token=secrets.token_urlsafe(SHARE_TOKEN_BYTES),
+        conversation=conversation,
+        owner_id=conversation.owner_id,
+        title=conversation.title,
+        messages=[share_message(message) for message in messages],
+    )
+
+
+def share_message(message: Message) -> dict[str, Any]:
+    """A message as a shared snapshot keeps it: what the chat showed, nothing of the review or the usage."""
+    html, _ = rendered_html(message) if message.role == Message.Role.ASSISTANT else ("", 0)
+    return {"role": message.role, "content": message.content, "html": html, "model": message.model}
+
+
+def share_revoke(*, user: User, share_id: str) -> None:
+    """Stops sharing: the address answers 404 from now on (the snapshot is deleted, not kept hidden)."""
+    share = selectors.share_get_for_user(user=user, share_id=share_id)
+    share.delete()
 
 
 def conversation_pin(*, user: User, conversation_id: str, pinned: bool) -> Conversation:

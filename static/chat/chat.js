@@ -33,6 +33,16 @@ const ui = {
   system: $("system"),
   announcer: $("announcer"),
   confirmDelete: $("confirm-delete"),
+  conversationMenu: $("conversation-menu"),
+  share: $("share"),
+  exportMarkdown: $("export-md"),
+  exportJson: $("export-json"),
+  shareDialog: $("share-dialog"),
+  shareText: $("share-text"),
+  shareUrl: $("share-url"),
+  shareCopy: $("share-copy"),
+  shareStop: $("share-stop"),
+  shareClose: $("share-close"),
   signedOut: $("signed-out"),
   signInAgain: $("sign-in-again"),
 };
@@ -241,6 +251,7 @@ function setConversation(id, { push = false, reopen = true } = {}) {
   for (const item of ui.conversations.querySelectorAll("a[aria-current]")) item.removeAttribute("aria-current");
   if (id) ui.conversations.querySelector(`[data-id="${CSS.escape(id)}"] a`)?.setAttribute("aria-current", "page");
   if (id && reopen) connection.send({ type: "open", conversation: id, id: "open" });
+  showConversationMenu(id);
   if (!id) showConversationSettings({ model: config.defaults.model, temperature: null, system: config.defaults.system });
   closeSidebar();
   refresh();
@@ -301,6 +312,53 @@ function showTitle(title) {
   ui.title.textContent = title || "New chat";
   document.title = title ? `${title} · ${config.siteName}` : config.siteName;
 }
+
+// --- Sharing and export (over HTTP: the REST API for share links, plain links for the downloads) --------
+
+function showConversationMenu(id) {
+  ui.conversationMenu.hidden = !id;
+  ui.conversationMenu.open = false;
+  if (!id) return;
+  ui.exportMarkdown.href = `/c/${id}/export.md`;
+  ui.exportJson.href = `/c/${id}/export.json`;
+}
+
+/** The REST API with this page's session: its CSRF token comes from the page's own logout form. */
+async function api(method, path) {
+  const csrf = document.querySelector("input[name=csrfmiddlewaretoken]")?.value || "";
+  const response = await fetch(`/api/v1/${path}`, { method, credentials: "same-origin", headers: { "X-CSRFToken": csrf } });
+  const body = response.status === 204 ? null : await response.json();
+  if (!response.ok) throw new Error(body?.error?.message || `The server answered ${response.status}.`);
+  return body;
+}
+
+let shared = null; // the share shown in the dialog
+ui.share.addEventListener("click", async () => {
+  ui.conversationMenu.open = false;
+  try {
+    shared = await api("POST", `conversations/${state.conversation}/shares/`);
+  } catch (error) {
+    showHint(error.message, true);
+    return;
+  }
+  ui.shareUrl.value = shared.url;
+  ui.shareText.textContent = "Anyone with this link can read the conversation as it is now, without an account. What is said later is not shown.";
+  ui.shareStop.disabled = false;
+  ui.shareDialog.showModal();
+  ui.shareUrl.select();
+});
+ui.shareCopy.addEventListener("click", () => copyText(ui.shareUrl.value).then(() => flash(ui.shareCopy, "Copied")));
+ui.shareStop.addEventListener("click", async () => {
+  try {
+    await api("DELETE", `shares/${shared.id}/`);
+  } catch (error) {
+    ui.shareText.textContent = error.message;
+    return;
+  }
+  ui.shareText.textContent = "No longer shared: the link now leads nowhere.";
+  ui.shareStop.disabled = true;
+});
+ui.shareClose.addEventListener("click", () => ui.shareDialog.close());
 
 function listConversations(offset) {
   connection.send({ type: "conversations", query: state.query, source: state.source, offset });
@@ -740,6 +798,7 @@ function announce(text) {
 
 showConversationSettings({ model: config.defaults.model, temperature: null, system: config.defaults.system });
 restoreDraft();
+showConversationMenu(state.conversation);
 // Ready to type, where a keyboard is the likely way in (a phone would open its keyboard over the page).
 if (window.matchMedia("(pointer: fine)").matches) ui.input.focus({ preventScroll: true });
 connection.connect();

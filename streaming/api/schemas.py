@@ -116,6 +116,13 @@ class FeedbackSchema(serializers.Serializer):
     )
 
 
+class ShareSchema(serializers.Serializer):
+    id = serializers.IntegerField()
+    url = serializers.URLField(help_text="The read-only page anyone with the link may open.")
+    title = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
 class ModelsSchema(serializers.Serializer):
     models = serializers.ListField(child=serializers.CharField(), help_text="The first is the default.")
     simulator = serializers.BooleanField(help_text="Answers come from the built-in dev simulator.")

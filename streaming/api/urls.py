@@ -16,6 +16,12 @@ urlpatterns = [
         views.MessageListView.as_view(),
         name="api-conversation-messages",
     ),
+    path(
+        "conversations/<str:conversation_id>/shares/",
+        views.ShareListView.as_view(),
+        name="api-conversation-shares",
+    ),
+    path("shares/<str:share_id>/", views.ShareDetailView.as_view(), name="api-share"),
     path("messages/<str:message_id>/", views.MessageDetailView.as_view(), name="api-message"),
     path("messages/<str:message_id>/stream/", views.MessageStreamView.as_view(), name="api-message-stream"),
     path("messages/<str:message_id>/cancel/", views.MessageCancelView.as_view(), name="api-message-cancel"),

@@ -12,6 +12,7 @@ import json
 import uuid
 from typing import Any
 
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import permissions, renderers
@@ -21,7 +22,7 @@ from rest_framework.views import APIView
 
 from conversations import selectors, services
 from conversations.errors import InvalidRequest
-from conversations.models import ApiToken, Message
+from conversations.models import ApiToken, Message, SharedConversation
 from conversations.options import (
     MAX_ID_LENGTH,
     TITLE_MAX_LENGTH,
@@ -406,6 +407,39 @@ class MessageFeedbackView(APIView):
         rating = Fields(_object(request.data)).rating("feedback", Message.FeedbackReason.values)
         message = services.message_set_feedback(user=request.user, message_id=message_id, rating=rating)
         return Response(message_payload(message))
+
+
+def _share_payload(request: Request, share: SharedConversation) -> dict[str, Any]:
+    url = request.build_absolute_uri(reverse("shared", kwargs={"token": share.token}))
+    return {"id": share.pk, "url": url, "title": share.title, "created_at": share.created_at}
+
+
+class ShareListView(APIView):
+    @extend_schema(
+        summary="The links at which this conversation is shared",
+        responses={200: schemas.ShareSchema(many=True), **ERRORS},
+    )
+    def get(self, request: Request, conversation_id: str) -> Response:
+        shares = selectors.shares_for_conversation(user=request.user, conversation_id=conversation_id)
+        return Response([_share_payload(request, share) for share in shares])
+
+    @extend_schema(
+        summary="Share a read-only snapshot of the conversation at a new unguessable link",
+        description="Anyone with the link can read the transcript as it is now, without an account, until the "
+        "share is deleted. 409 while an answer is being written.",
+        request=None,
+        responses={201: schemas.ShareSchema, **ERRORS},
+    )
+    def post(self, request: Request, conversation_id: str) -> Response:
+        share = services.share_create(user=request.user, conversation_id=conversation_id)
+        return Response(_share_payload(request, share), status=201)
+
+
+class ShareDetailView(APIView):
+    @extend_schema(summary="Stop sharing: the link answers 404 from now on", responses={204: None, **ERRORS})
+    def delete(self, request: Request, share_id: str) -> Response:
+        services.share_revoke(user=request.user, share_id=share_id)
+        return Response(status=204)
 
 
 class ModelsView(APIView):
