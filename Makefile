@@ -7,11 +7,20 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chat
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: run test test-sqlite test-services lint bench profile soak screenshots sync
+.PHONY: run test test-sqlite test-services lint bench profile soak screenshots sync browser-tools
 
 sync:
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
 	@uv sync --frozen --quiet
+
+# The browser tests' accessibility check loads axe-core into Chromium from a local copy (tests/browser/axe,
+# pinned in its package-lock.json). Without npm a laptop skips that check; CI installs npm and runs it.
+browser-tools:
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/browser/axe --silent --no-audit --no-fund; \
+	else \
+		echo "npm not found: the accessibility check (axe-core) will be skipped"; \
+	fi
 
 run: sync
 	DJANGO_DEBUG=1 uv run python manage.py migrate --noinput
@@ -24,7 +33,7 @@ run: sync
 # laptop skips the second pass; CI (CI=true) fails instead.
 test: test-sqlite test-services
 
-test-sqlite: sync
+test-sqlite: sync browser-tools
 	env -u DATABASE_URL -u REDIS_URL uv run pytest -m "not deploy" $(PYTEST_ARGS)
 
 test-services: sync

@@ -227,7 +227,10 @@ def _cleaner() -> nh3.Cleaner:
             "input": {"task-list-item-checkbox"},
         },
         # A task list's boxes show a state; they are never a form control the model could make live.
-        set_tag_attribute_values={"a": {"target": "_blank"}, "input": {"type": "checkbox", "disabled": "disabled"}},
+        set_tag_attribute_values={
+            "a": {"target": "_blank"},
+            "input": {"type": "checkbox", "disabled": "disabled", "aria-label": "Task"},
+        },
     )
 
 

@@ -287,7 +287,6 @@ function arrangeSidebar() {
     if (headings.has(text)) return headings.get(text);
     const node = document.createElement("li");
     node.className = "group";
-    node.setAttribute("role", "presentation");
     node.append(Object.assign(document.createElement("h2"), { textContent: text }));
     return node;
   };

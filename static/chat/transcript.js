@@ -45,11 +45,14 @@ function button(label, action, { title, pressed } = {}) {
   node.dataset.action = action;
   if (title) {
     node.title = title;
-    node.setAttribute("aria-label", title);
+    // A label in words is its own name (speech users say what they see); an emoji gets the title as its name.
+    if (!/^\p{L}/u.test(label)) node.setAttribute("aria-label", title);
   }
   if (pressed !== undefined) node.setAttribute("aria-pressed", String(pressed));
   return node;
 }
+
+const ROLE_LABELS = { user: "You", assistant: "Assistant", tool: "Tool result" };
 
 const STATUS_TEXT = {
   streaming: "Writing…",
@@ -68,6 +71,8 @@ export class MessageView {
     this.simulator = simulator;
     this.node = element("article", `message ${payload.role}`);
     this.node.dataset.id = payload.id;
+    // Who said it, for screen readers (sighted readers tell by the layout).
+    this.node.setAttribute("aria-label", ROLE_LABELS[payload.role] || payload.role);
     this.body = element("div", "message-body");
     this.meta = element("footer", "message-meta");
     this.node.append(this.body, this.meta);
