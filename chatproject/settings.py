@@ -392,6 +392,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # A message's `feedback_reason` and a feedback request's `reason` are the same set of choices.
+    "ENUM_NAME_OVERRIDES": {"FeedbackReasonEnum": "conversations.models.Message.FeedbackReason"},
 }
 # Browsers on other sites may call the API with a personal token (Authorization header, never cookies) from
 # these origins only; none by default.

@@ -275,6 +275,8 @@ function dateGroup(updatedAt, today) {
  * headings). Runs after every change to the list; the list holds the pages loaded so far, a few dozen items.
  */
 function arrangeSidebar() {
+  // Not while a title is being renamed in place (moving its item would take the focus from it): once done.
+  if (ui.conversations.querySelector(".rename-field")) return;
   const current = [...ui.conversations.children];
   const items = current.filter((node) => node.dataset.id);
   const info = (item) => state.conversations.get(item.dataset.id) || {};
@@ -455,6 +457,7 @@ function renameInline(item) {
       connection.send({ type: "rename", conversation: item.dataset.id, title });
     }
     item.querySelector(".rename").focus();
+    arrangeSidebar();
   };
   field.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.isComposing) {

@@ -48,7 +48,7 @@ class MessageSchema(serializers.Serializer):
     tool_calls = serializers.ListField(child=serializers.DictField())
     tool_call_id = serializers.CharField(allow_null=True, help_text="For a tool's result: the call it answers.")
     feedback = serializers.ChoiceField(choices=["up", "down"], allow_null=True)
-    feedback_reason = serializers.ChoiceField(choices=Message.FeedbackReason.values, allow_null=True)
+    feedback_reason = serializers.ChoiceField(choices=Message.FeedbackReason.choices, allow_null=True)
     feedback_comment = serializers.CharField(allow_null=True)
     context_left_out = serializers.IntegerField(
         help_text="Earlier messages left out of this answer's prompt to fit the model's context (0: none)."
@@ -109,7 +109,7 @@ class SendSchema(ConversationWriteSchema):
 class FeedbackSchema(serializers.Serializer):
     feedback = serializers.ChoiceField(choices=["up", "down"], allow_null=True)
     reason = serializers.ChoiceField(
-        choices=Message.FeedbackReason.values, required=False, allow_null=True, help_text='Only with "down".'
+        choices=Message.FeedbackReason.choices, required=False, allow_null=True, help_text='Only with "down".'
     )
     comment = serializers.CharField(
         required=False, allow_null=True, max_length=FEEDBACK_COMMENT_MAX_CHARS, help_text='Only with "down".'
