@@ -298,22 +298,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 conversation = await chat_rename(
                     user=self.user, conversation_id=request.conversation, title=request.title
                 )
-                await self.emit(
-                    protocol.with_ref(
-                        {"type": "conversation", "conversation": conversation_payload(conversation)},
-                        request.id,
-                    )
-                )
+                await self.emit(protocol.with_ref(protocol.conversation_event(conversation), request.id))
             case Pin():
                 conversation = await chat_pin(
                     user=self.user, conversation_id=request.conversation, pinned=request.pinned
                 )
-                await self.emit(
-                    protocol.with_ref(
-                        {"type": "conversation", "conversation": conversation_payload(conversation)},
-                        request.id,
-                    )
-                )
+                await self.emit(protocol.with_ref(protocol.conversation_event(conversation), request.id))
             case Delete():
                 await chat_delete(user=self.user, conversation_id=request.conversation)
             case Feedback():

@@ -336,6 +336,11 @@ def delta_event(
     return event
 
 
+def conversation_event(conversation: Conversation) -> dict[str, Any]:
+    """A conversation as it now is (the reply to `rename` and `pin`)."""
+    return {"type": "conversation", "conversation": conversation_payload(conversation)}
+
+
 def feedback_event(message: Message) -> dict[str, Any]:
     """An answer's feedback as it now is (the reply to `feedback`)."""
     return {
