@@ -1,5 +1,7 @@
 """The OpenAI-compatible endpoint driven by the official `openai` SDK against a real daphne process."""
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -103,7 +105,8 @@ def test_upstream_rate_limit_surfaces_as_the_sdks_rate_limit_error(daphne, princ
 
 
 def test_upstream_failure_before_the_first_token_of_a_stream_arrives_in_the_stream(daphne, principal):
-    client = sdk(daphne, principal().token)
+    caller = principal()
+    client = sdk(daphne, caller.token)
     # The stream was accepted (status and headers at once): the model's failure is an error object in it,
     # which the SDK raises while iterating, with the failure's code.
     stream = client.chat.completions.create(
@@ -113,6 +116,12 @@ def test_upstream_failure_before_the_first_token_of_a_stream_arrives_in_the_stre
         for _ in stream:
             pass
     assert caught.value.code == "upstream_auth"
+    # A call that got no text leaves no conversation: the server deletes it once the stream has ended, and
+    # the test's own clean-up must not race that delete.
+    deadline = time.monotonic() + 10
+    while Conversation.objects.filter(owner=caller.user).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Conversation.objects.filter(owner=caller.user).exists()
 
 
 def test_upstream_failure_mid_stream_raises_the_sdks_api_error(daphne, principal):
