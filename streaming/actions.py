@@ -191,6 +191,17 @@ async def chat_rename(*, user: User, conversation_id: str, title: str) -> Conver
     return conversation
 
 
+async def chat_update(
+    *, user: User, conversation_id: str, title: str | None, options: GenerationOptions, pinned: bool | None = None
+) -> Conversation:
+    """Changes a conversation's title, settings or pin (REST), and tells the user's sockets that show the list."""
+    conversation: Conversation = await orm(services.conversation_update)(
+        user=user, conversation_id=conversation_id, title=title, options=options, pinned=pinned
+    )
+    get_bus().publish(events.user_group(conversation.owner_id), events.conversation(conversation_payload(conversation)))
+    return conversation
+
+
 async def chat_pin(*, user: User, conversation_id: str, pinned: bool) -> Conversation:
     """Pins or unpins a conversation, and tells the user's sockets that show the list."""
     conversation: Conversation = await orm(services.conversation_pin)(

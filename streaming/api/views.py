@@ -36,7 +36,7 @@ from conversations.options import (
 from conversations.payloads import conversation_payload, message_payload
 from conversations.text import clean_title
 from streaming.access import credential_of
-from streaming.actions import chat_cancel, chat_delete, chat_send
+from streaming.actions import chat_cancel, chat_delete, chat_send, chat_update
 from streaming.aio import orm
 
 from . import schemas
@@ -221,7 +221,7 @@ class ConversationDetailView(AsyncAPIView):
     )
     async def patch(self, request: Request, conversation_id: str) -> Response:
         data = _object(request.data)
-        conversation = await orm(services.conversation_update)(
+        conversation = await chat_update(
             user=request.user,
             conversation_id=conversation_id,
             title=_title(data),

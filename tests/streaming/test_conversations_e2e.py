@@ -3,9 +3,11 @@ tab, feedback, older pages, and messages superseded by regenerate and edit."""
 
 import asyncio
 
+import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
+from conversations import services
 from conversations.models import Conversation, Message
 from conversations.options import GenerationOptions
 from tests.support import ChatSocket, unique
@@ -186,3 +188,22 @@ async def test_pin_moves_a_conversation_to_the_top_of_the_list_and_bad_pins_are_
         error = await chat.request(frame, "conversation")
         assert error["type"] == "error" and error["code"] in ("invalid_request", "not_found"), error
     await chat.close()
+
+
+async def test_a_rename_or_pin_through_the_rest_api_reaches_the_open_tabs(daphne, make_user):
+    user, session = await sync_to_async(make_user)()
+    _, key = await sync_to_async(services.api_token_create)(user=user, name="rest")
+    tab = await ChatSocket.connect(daphne, session)
+    conversation, answer = await tab.send_message("rename me elsewhere", client_id=unique(), model="dev:tokens=3")
+    await tab.done(answer)
+    await tab.request({"type": "conversations", "id": "shown"}, "conversations")
+    async with httpx.AsyncClient(base_url=daphne.origin, headers={"Authorization": f"Bearer {key}"}) as api:
+        response = await api.patch(
+            f"/api/v1/conversations/{conversation}/", json={"title": "From REST", "pinned": True}
+        )
+    assert response.status_code == 200
+    change = await tab.recv_until(
+        lambda e: e["type"] == "conversation" and e["conversation"].get("title") == "From REST"
+    )
+    assert change["conversation"]["pinned"] is True
+    await tab.close()
