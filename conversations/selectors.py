@@ -286,11 +286,6 @@ def usage_per_user_per_day(*, since: date, owner_id: Any = None) -> list[dict[st
     return [{**row, "total_tokens": row["prompt_tokens"] + row["completion_tokens"]} for row in rows]
 
 
-def conversation_transcript(*, conversation: Conversation) -> list[Message]:
-    """The conversation's live messages (what its owner sees), in order."""
-    return list(Message.objects.filter(conversation=conversation, superseded_at__isnull=True).order_by("seq"))
-
-
 def share_get_for_user(*, user: User, share_id: str) -> SharedConversation:
     """One of the user's shares; NotFound for another's (or one that does not exist)."""
     try:

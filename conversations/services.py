@@ -521,7 +521,7 @@ def share_create(*, user: User, conversation_id: str) -> SharedConversation:
     """Publishes a snapshot of the conversation's transcript as it is now (its live messages, as shown) at a
     new unguessable address. Refused while an answer is being written: the snapshot would hold half of it."""
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
-    messages = selectors.conversation_transcript(conversation=conversation)
+    messages = selectors.conversation_messages(conversation=conversation)
     if any(message.status == Message.Status.STREAMING for message in messages):
         raise InvalidState("An answer is still being written; share once it has ended.")
     return SharedConversation.objects.create(
@@ -548,10 +548,15 @@ def share_revoke(*, user: User, share_id: str) -> None:
 def conversation_pin(*, user: User, conversation_id: str, pinned: bool) -> Conversation:
     """Pins a conversation to the top of its owner's list, or unpins it. Not activity: `updated_at` stays."""
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    _pin(conversation, pinned)
+    return conversation
+
+
+def _pin(conversation: Conversation, pinned: bool) -> None:
+    """Pins or unpins, written on its own so that `updated_at` (the conversation's last activity) stays."""
     if pinned != (conversation.pinned_at is not None):
         conversation.pinned_at = timezone.now() if pinned else None
         Conversation.objects.filter(pk=conversation.pk).update(pinned_at=conversation.pinned_at)
-    return conversation
 
 
 def conversation_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
@@ -724,10 +729,12 @@ def conversation_update(
     """Changes a conversation's title, settings and pin (`None` keeps a value); settings apply from the next
     answer on."""
     conversation = selectors.conversation_get_for_user(user=user, conversation_id=conversation_id)
+    if pinned is not None:
+        _pin(conversation, pinned)
+    if title is None and options == GenerationOptions():
+        return conversation  # only the pin changed: not activity
     if title is not None:
         conversation.title = clean_title(title)[:TITLE_MAX_LENGTH]
-    if pinned is not None and pinned != (conversation.pinned_at is not None):
-        conversation.pinned_at = timezone.now() if pinned else None
     _apply_options(conversation, options)
     conversation.save()
     return conversation

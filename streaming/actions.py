@@ -183,32 +183,29 @@ async def chat_cancel(*, user: User, message_id: str) -> Message:
     return message
 
 
-async def chat_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
-    conversation: Conversation = await orm(services.conversation_rename)(
-        user=user, conversation_id=conversation_id, title=title
-    )
+def _announce(conversation: Conversation) -> Conversation:
+    """Tells the owner's sockets that show the list how a conversation now is."""
     get_bus().publish(events.user_group(conversation.owner_id), events.conversation(conversation_payload(conversation)))
     return conversation
+
+
+async def chat_rename(*, user: User, conversation_id: str, title: str) -> Conversation:
+    return _announce(await orm(services.conversation_rename)(user=user, conversation_id=conversation_id, title=title))
 
 
 async def chat_update(
     *, user: User, conversation_id: str, title: str | None, options: GenerationOptions, pinned: bool | None = None
 ) -> Conversation:
     """Changes a conversation's title, settings or pin (REST), and tells the user's sockets that show the list."""
-    conversation: Conversation = await orm(services.conversation_update)(
-        user=user, conversation_id=conversation_id, title=title, options=options, pinned=pinned
+    update = orm(services.conversation_update)
+    return _announce(
+        await update(user=user, conversation_id=conversation_id, title=title, options=options, pinned=pinned)
     )
-    get_bus().publish(events.user_group(conversation.owner_id), events.conversation(conversation_payload(conversation)))
-    return conversation
 
 
 async def chat_pin(*, user: User, conversation_id: str, pinned: bool) -> Conversation:
     """Pins or unpins a conversation, and tells the user's sockets that show the list."""
-    conversation: Conversation = await orm(services.conversation_pin)(
-        user=user, conversation_id=conversation_id, pinned=pinned
-    )
-    get_bus().publish(events.user_group(conversation.owner_id), events.conversation(conversation_payload(conversation)))
-    return conversation
+    return _announce(await orm(services.conversation_pin)(user=user, conversation_id=conversation_id, pinned=pinned))
 
 
 async def chat_delete(*, user: User, conversation_id: str) -> None:

@@ -288,3 +288,9 @@ def test_pinned_conversations_come_first_latest_pinned_first_and_pinning_is_not_
     assert [conversation.title for conversation, _ in page] == ["older", "newest", "middle"]
     with pytest.raises(NotFound):
         services.conversation_pin(user=other, conversation_id=str(older.pk), pinned=False)
+    # The REST update with only `pinned` is no more activity than the socket's pin.
+    services.conversation_update(
+        user=user, conversation_id=str(middle.pk), title=None, options=GenerationOptions(), pinned=True
+    )
+    pinned = Conversation.objects.get(pk=middle.pk)
+    assert pinned.pinned_at is not None and pinned.updated_at == middle.updated_at
