@@ -180,7 +180,7 @@ const handlers = {
     const merged = { ...known, ...event.conversation };
     if (merged.pinned && !known?.pinned) state.pinRank.set(merged.id, Date.now()); // newly pinned: first
     state.conversations.set(merged.id, merged);
-    renderSidebarItem(merged, { toTop: Boolean(event.conversation.updated_at) && !state.query });
+    renderSidebarItem(merged);
     arrangeSidebar();
     if (merged.id === state.conversation) showTitle(merged.title);
   },
@@ -200,7 +200,7 @@ const handlers = {
       state.conversations.set(conversation.id, conversation);
       // The server lists the pinned first, the latest pinned first: keep that order among them.
       if (conversation.pinned) state.pinRank.set(conversation.id, -(event.offset + index));
-      renderSidebarItem(conversation, {});
+      renderSidebarItem(conversation);
     }
     arrangeSidebar();
     state.listed = event.offset + event.conversations.length;
@@ -365,7 +365,8 @@ function listConversations(offset) {
   connection.send({ type: "conversations", query: state.query, source: state.source, offset });
 }
 
-function renderSidebarItem(conversation, { toTop }) {
+/** Makes or updates a conversation's item; where it goes in the list is arrangeSidebar's. */
+function renderSidebarItem(conversation) {
   let item = ui.conversations.querySelector(`[data-id="${CSS.escape(conversation.id)}"]`);
   if (!item) {
     item = document.createElement("li");
@@ -385,11 +386,8 @@ function renderSidebarItem(conversation, { toTop }) {
     const remove = document.createElement("button");
     Object.assign(remove, { type: "button", className: "icon delete", textContent: "🗑", title: "Delete" });
     item.append(link, source, live, pin, rename, remove);
-    if (toTop) ui.conversations.prepend(item);
-    else ui.conversations.append(item);
+    ui.conversations.append(item);
     ui.noConversations.hidden = true;
-  } else if (toTop) {
-    ui.conversations.prepend(item);
   }
   const link = item.querySelector("a");
   link.textContent = conversation.title || "Untitled";
