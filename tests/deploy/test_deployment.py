@@ -275,11 +275,15 @@ async def test_smuggling_and_oversized_probes_are_refused_without_harming_others
         max_size=2**22,
     )
     await big.recv()  # ready
-    # The server may fail the connection while the frame is still being sent (a reset seen by `send`) or after
-    # (seen by `recv`): either way the connection ends.
-    with pytest.raises(ConnectionClosed) as closed:
+
+    async def send_then_read() -> None:
+        # The server may fail the connection while the frame is still being sent (a reset seen by `send`) or
+        # after (seen by `recv`): either way the connection ends.
         await big.send("x" * 2_000_000)
         await asyncio.wait_for(big.recv(), 10)
+
+    with pytest.raises(ConnectionClosed) as closed:
+        await send_then_read()
     # daphne fails the connection past --websocket-max-message-size (1009 when it gets to say so).
     assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
     again = await ChatSocket.connect(deployment.nginx, session)  # the same user is not locked out
